@@ -1,0 +1,246 @@
+"""The one typed settings tree: defaults, camelCase wire names, validation and docs.
+
+The same object arrives as `initializationOptions`, as the `polycoder` section of
+`workspace/configuration` and through `workspace/didChangeConfiguration`. Invalid values are
+reported and the previous valid value is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MULTILINE_MODES = ("auto", "always", "never")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Settings whose change needs the model to be loaded again.
+RELOAD_KEYS = ("model", "device", "dtype", "threads")
+
+
+def _doc(text: str, check: Callable[[Any], Any] | None) -> dict[str, Any]:
+    """Field metadata: the README text and the validator (None: a nested settings object)."""
+    return {"doc": text, "check": check}
+
+
+def _fail(message: str) -> Any:
+    raise ValueError(message)
+
+
+def _non_empty_str(value: Any) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return _fail("must be a non-empty string")
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value in options:
+            return str(value)
+        return _fail("must be one of " + ", ".join(options))
+
+    return check
+
+
+def _device(value: Any) -> str:
+    if isinstance(value, str) and DEVICE_PATTERN.match(value):
+        return value
+    return _fail("must be auto, cpu, cuda, cuda:N or mps")
+
+
+def _int_at_least(low: int, optional: bool = False) -> Callable[[Any], int | None]:
+    def check(value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+            return value
+        return _fail(f"must be an integer >= {low}" + (" or null" if optional else ""))
+
+    return check
+
+
+def _number_in(low: float, high: float, low_open: bool = False) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and (value > low if low_open else value >= low) and value <= high:
+            return float(value)
+        bracket = "(" if low_open else "["
+        return _fail(f"must be a number in {bracket}{low}, {high}]")
+
+    return check
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    return _fail("must be a list of non-empty strings")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The completion cache."""
+
+    size: int = field(default=256, metadata=_doc("Entries kept (LRU).", _int_at_least(0)))
+    ttl_seconds: float = field(
+        default=600,
+        metadata=_doc("Seconds an entry stays valid.", _number_in(0, 86400, low_open=True)),
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """polycoder-ls configuration (camelCase keys on the wire)."""
+
+    model: str = field(
+        default="NinedayWang/PolyCoder-160M",
+        metadata=_doc(
+            "Hugging Face id, local directory, or alias: polycoder-160m, polycoder-0.4b, "
+            "polycoder-2.7b.",
+            _non_empty_str,
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_doc("auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.", _device),
+    )
+    dtype: str = field(
+        default="auto",
+        metadata=_doc(
+            "auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16.", _one_of(DTYPES)
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=_doc(
+            "CPU threads for torch (null: half the cores, at least 1, leaving room for the "
+            "editor).",
+            _int_at_least(1, optional=True),
+        ),
+    )
+    context_tokens: int = field(
+        default=2048,
+        metadata=_doc(
+            "Prompt tokens + maxNewTokens never exceed this, nor the model's limit.",
+            _int_at_least(16),
+        ),
+    )
+    max_new_tokens: int = field(
+        default=64, metadata=_doc("Most tokens generated per suggestion.", _int_at_least(1))
+    )
+    temperature: float = field(
+        default=0.0,
+        metadata=_doc("Sampling temperature; 0 means greedy.", _number_in(0.0, 5.0)),
+    )
+    top_p: float = field(
+        default=0.95,
+        metadata=_doc(
+            "Nucleus sampling mass (used when temperature > 0).",
+            _number_in(0.0, 1.0, low_open=True),
+        ),
+    )
+    multiline: str = field(
+        default="auto",
+        metadata=_doc(
+            "auto (multi-line only on an empty line or right after a block opener), always, never.",
+            _one_of(MULTILINE_MODES),
+        ),
+    )
+    stop: tuple[str, ...] = field(default=(), metadata=_doc("Extra stop strings.", _string_list))
+    cache: CacheSettings = field(
+        default_factory=CacheSettings,
+        metadata=_doc('Completion cache: {"size": entries, "ttlSeconds": seconds}.', None),
+    )
+    disabled_languages: tuple[str, ...] = field(
+        default=(), metadata=_doc("Language ids that get no completions.", _string_list)
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON object, as a client sends it."""
+        return _to_wire(self)
+
+    def needs_reload(self, other: Settings) -> bool:
+        return any(getattr(self, key) != getattr(other, key) for key in RELOAD_KEYS)
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            camel_case(f.name): _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _update(current: Any, raw: Mapping[str, Any], prefix: str, errors: list[str]) -> Any:
+    fields_by_wire = {camel_case(f.name): f for f in dataclasses.fields(current)}
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        spec = fields_by_wire.get(key)
+        if spec is None:
+            errors.append(f"unknown setting '{prefix}{key}' ignored")
+            continue
+        check = spec.metadata["check"]
+        if check is None:
+            if not isinstance(value, Mapping):
+                errors.append(f"'{prefix}{key}' must be an object; kept the previous value")
+                continue
+            changes[spec.name] = _update(getattr(current, spec.name), value, f"{key}.", errors)
+            continue
+        try:
+            changes[spec.name] = check(value)
+        except ValueError as error:
+            errors.append(
+                f"'{prefix}{key}' {error} (got {value!r}); kept "
+                f"{_to_wire(getattr(current, spec.name))!r}"
+            )
+    return dataclasses.replace(current, **changes)
+
+
+def apply_settings(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
+    """Merge a client's settings object over `current`.
+
+    Returns the new settings and one readable message per rejected value; keys the object
+    leaves out keep their current value.
+    """
+    if raw is None:
+        return current, []
+    if not isinstance(raw, Mapping):
+        return current, [f"polycoder settings must be an object, got {type(raw).__name__}"]
+    errors: list[str] = []
+    updated: Settings = _update(current, raw, "", errors)
+    if updated.max_new_tokens >= updated.context_tokens:
+        errors.append(
+            f"'maxNewTokens' ({updated.max_new_tokens}) must be below 'contextTokens' "
+            f"({updated.context_tokens}); kept {current.max_new_tokens} and "
+            f"{current.context_tokens}"
+        )
+        updated = dataclasses.replace(
+            updated,
+            max_new_tokens=current.max_new_tokens,
+            context_tokens=current.context_tokens,
+        )
+    return updated, errors
+
+
+def settings_rows() -> list[tuple[str, str, str]]:
+    """(key, default as JSON, doc) for every setting: the README's configuration table."""
+    rows: list[tuple[str, str, str]] = []
+    for spec in dataclasses.fields(Settings):
+        default = spec.default_factory() if callable(spec.default_factory) else spec.default
+        rows.append((camel_case(spec.name), json.dumps(_to_wire(default)), spec.metadata["doc"]))
+    return rows
+
+
+def settings_table() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {doc} |" for key, default, doc in settings_rows()]
+    return "\n".join(lines)

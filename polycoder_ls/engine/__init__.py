@@ -1,0 +1,123 @@
+"""The model side behind one interface: load, complete, forget, stop.
+
+The LSP event loop calls these methods; the work itself runs on the inference worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..documents import Cursor
+from ..postprocess import Suggestion, postprocess
+from ..prompt import build_prompt, token_budget
+from .generate import DecodeParams, GenerationStats, Generator
+from .loading import LoadedModel, ModelLoadError, load_model, resolve_model
+from .worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: str  # "loading" | "ready" | "error"
+    model: str
+    device: str = ""
+    dtype: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletionOutcome:
+    suggestion: Suggestion | None
+    stats: GenerationStats
+
+
+class Engine:
+    """Owns the inference worker and, through it, the model."""
+
+    def __init__(self, loader: Callable[[Settings], LoadedModel] = load_model) -> None:
+        self._loader = loader
+        self._worker = InferenceWorker()
+        self._generator: Generator | None = None
+        self._cancel_events: dict[str, threading.Event] = {}
+        self.status = EngineStatus(state="loading", model="")
+
+    def load(self, settings: Settings) -> Future[EngineStatus]:
+        """Replace the model (in the background); in-flight requests are cancelled."""
+        self.cancel_all()
+        self.status = EngineStatus(state="loading", model=resolve_model(settings.model))
+        return self._worker.submit(lambda: self._load(settings))
+
+    def _load(self, settings: Settings) -> EngineStatus:
+        self._generator = None
+        gc.collect()
+        try:
+            loaded = self._loader(settings)
+        except ModelLoadError as error:
+            log.error("%s", error)
+            self.status = EngineStatus("error", resolve_model(settings.model), error=str(error))
+            return self.status
+        self._generator = Generator(loaded)
+        self.status = EngineStatus("ready", loaded.source, loaded.device, loaded.dtype_name)
+        log.info("model ready: %s", self.status)
+        return self.status
+
+    def complete(
+        self, key: str, cursor: Cursor, settings: Settings
+    ) -> tuple[Future[CompletionOutcome], threading.Event]:
+        """Queue a completion for document `key`; a running one for `key` is cancelled.
+        Set the returned event to cancel this one."""
+        self.cancel(key)
+        cancel = self._cancel_events[key] = threading.Event()
+        future = self._worker.submit(lambda: self._complete(key, cursor, settings, cancel))
+        return future, cancel
+
+    def cancel(self, key: str) -> None:
+        if (event := self._cancel_events.pop(key, None)) is not None:
+            event.set()
+
+    def cancel_all(self) -> None:
+        for key in list(self._cancel_events):
+            self.cancel(key)
+
+    def forget(self, key: str) -> None:
+        """Drop everything kept for document `key` (its KV cache)."""
+        self.cancel(key)
+        self._worker.submit(lambda: self._generator and self._generator.forget(key))
+
+    def stop(self, wait: bool = False) -> None:
+        self.cancel_all()
+        self._worker.stop(wait)
+
+    def _complete(
+        self, key: str, cursor: Cursor, settings: Settings, cancel: threading.Event
+    ) -> CompletionOutcome:
+        generator = self._generator
+        if cancel.is_set() or generator is None:
+            return CompletionOutcome(None, GenerationStats(cancelled=cancel.is_set()))
+        loaded = generator.loaded
+        budget = token_budget(
+            settings.context_tokens, settings.max_new_tokens, loaded.max_positions
+        )
+        prompt = build_prompt(cursor.prefix, loaded.tokenize, budget).token_ids
+        if not prompt and loaded.eos_id is not None:
+            prompt = [loaded.eos_id]
+        if not prompt:
+            return CompletionOutcome(None, GenerationStats())
+
+        def finished(text: str) -> bool:
+            return postprocess(text, cursor, settings.multiline, settings.stop)[1]
+
+        params = DecodeParams(settings.max_new_tokens, settings.temperature, settings.top_p)
+        text, stats = generator.generate(key, prompt, params, finished, cancel.is_set)
+        if stats.cancelled:
+            return CompletionOutcome(None, stats)
+        return CompletionOutcome(
+            postprocess(text, cursor, settings.multiline, settings.stop)[0], stats
+        )

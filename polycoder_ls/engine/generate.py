@@ -1,0 +1,146 @@
+"""Token-by-token decoding that reuses each document's KV cache across requests.
+
+Runs only on the inference worker thread. Each document keeps the token ids and KV cache
+of its last prompt; a new prompt keeps the longest common token-id prefix and feeds only
+the rest. The cancel check runs between prefill chunks and between decode steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .loading import LoadedModel
+
+PREFILL_CHUNK_TOKENS = 512
+KEPT_DOCUMENT_CACHES = 4
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    latency_ms: float = 0.0
+    cancelled: bool = False
+
+
+@dataclass
+class _KeptState:
+    token_ids: list[int]
+    cache: DynamicCache
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = min(len(a), len(b))
+    for index in range(length):
+        if a[index] != b[index]:
+            return index
+    return length
+
+
+def _choose(logits: torch.Tensor, params: DecodeParams) -> int:
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    probabilities = torch.softmax(logits.float() / params.temperature, dim=-1)
+    sorted_probabilities, order = torch.sort(probabilities, descending=True)
+    outside_nucleus = (
+        torch.cumsum(sorted_probabilities, dim=-1) - sorted_probabilities > params.top_p
+    )
+    sorted_probabilities[outside_nucleus] = 0.0
+    return int(order[torch.multinomial(sorted_probabilities, 1)])
+
+
+class Generator:
+    """Greedy or top-p decoding over one loaded model, with per-document KV reuse."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self._kept: OrderedDict[str, _KeptState] = OrderedDict()
+
+    def forget(self, key: str) -> None:
+        self._kept.pop(key, None)
+
+    def _take_state(self, key: str, prompt: list[int]) -> _KeptState:
+        """The document's cache cropped to its common prefix with `prompt` (at least one
+        prompt token is left to feed, for the logits)."""
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return _KeptState([], DynamicCache(config=self.loaded.model.config))
+        keep = min(_common_prefix_length(kept.token_ids, prompt), len(prompt) - 1)
+        kept.cache.crop(keep - kept.cache.get_seq_length())
+        return _KeptState(kept.token_ids[:keep], kept.cache)
+
+    def _keep_state(self, key: str, state: _KeptState) -> None:
+        self._kept[key] = state
+        while len(self._kept) > KEPT_DOCUMENT_CACHES:
+            self._kept.popitem(last=False)
+
+    def _forward(self, state: _KeptState, token_ids: list[int]) -> torch.Tensor:
+        inputs = torch.tensor([token_ids], device=self.loaded.device)
+        output = self.loaded.model(
+            input_ids=inputs, cache=state.cache, use_cache=True, logits_to_keep=1
+        )
+        state.token_ids.extend(token_ids)
+        return output.logits[0, -1, : self.loaded.vocab_limit]
+
+    def generate(
+        self,
+        key: str,
+        prompt: list[int],
+        params: DecodeParams,
+        finished: Callable[[str], bool],
+        cancelled: Callable[[], bool],
+    ) -> tuple[str, GenerationStats]:
+        """Decode after `prompt` until end-of-text, `finished(text)`, the token limit or a
+        cancel; return the text and what it cost."""
+        started = time.perf_counter()
+        state = self._take_state(key, prompt)
+        reused = len(state.token_ids)
+        generated: list[int] = []
+        text, was_cancelled = "", False
+        try:
+            with torch.inference_mode():
+                logits = None
+                for start in range(reused, len(prompt), PREFILL_CHUNK_TOKENS):
+                    if cancelled():
+                        raise _Cancelled
+                    logits = self._forward(state, prompt[start : start + PREFILL_CHUNK_TOKENS])
+                while logits is not None:
+                    token = _choose(logits, params)
+                    if token == self.loaded.eos_id:
+                        break
+                    generated.append(token)
+                    text = self.loaded.decode(generated)
+                    if finished(text) or len(generated) >= params.max_new_tokens:
+                        break
+                    if cancelled():
+                        raise _Cancelled
+                    logits = self._forward(state, [token])
+        except _Cancelled:
+            was_cancelled = True
+        self._keep_state(key, state)
+        stats = GenerationStats(
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            generated_tokens=len(generated),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cancelled=was_cancelled,
+        )
+        return ("" if was_cancelled else text), stats
+
+
+class _Cancelled(Exception):
+    """Raised inside the decode loop when the request was cancelled."""

@@ -1,0 +1,58 @@
+"""What `polycoder/status` reports: the model's state, the last request and running totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import Settings, camel_case
+from .engine import EngineStatus
+
+
+@dataclass(frozen=True)
+class LastRequest:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    cache_hits: int = 0
+
+
+@dataclass
+class Metrics:
+    last: LastRequest = field(default_factory=LastRequest)
+    totals: Totals = field(default_factory=Totals)
+
+    def record(self, last: LastRequest) -> None:
+        self.last = last
+        self.totals.cancelled += last.cancelled
+        self.totals.completed += not last.cancelled
+        self.totals.cache_hits += last.cache_hit
+
+
+def _camel(values: dict[str, Any]) -> dict[str, Any]:
+    return {camel_case(key): value for key, value in values.items()}
+
+
+def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "state": engine.state,
+        "model": engine.model,
+        "device": engine.device,
+        "dtype": engine.dtype,
+        "contextTokens": settings.context_tokens,
+        "last": _camel(asdict(metrics.last)),
+        "totals": _camel(asdict(metrics.totals)),
+    }
+    if engine.error is not None:
+        payload["error"] = engine.error
+    return payload

@@ -1,0 +1,106 @@
+"""Build tiny GPT-NeoX models shaped like PolyCoder, for tests, benchmarks and the demo.
+
+Random weights from a fixed seed; a byte-level BPE trained with `tokenizers` on Python's own
+standard library; PolyCoder's special tokens (<|endoftext|>=0, <|padding|>=1,
+<|separator|>=2); and, like PolyCoder, more embedding rows than tokenizer entries.
+Saved with save_pretrained so the server loads them through from_pretrained like any model.
+
+    python tests/model_factory.py OUT_DIR [--vocab N] [--layers N] [--hidden N] [--positions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sysconfig
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|separator|>"]
+# PolyCoder has 50,304 embedding rows for 50,257 tokens: 47 rows no token maps to.
+EXTRA_EMBEDDING_ROWS = 47
+
+
+def training_files(limit_bytes: int = 1_500_000) -> list[str]:
+    """Python standard library sources, in a fixed order, up to `limit_bytes`."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        files.append(str(path))
+        total += path.stat().st_size
+        if total >= limit_bytes:
+            break
+    return files
+
+
+def build_tokenizer(out: Path, vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train(training_files(), trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|padding|>",
+        model_max_length=2048,
+    )
+    wrapped.save_pretrained(out)
+    return wrapped
+
+
+def build_model(
+    out: Path,
+    vocab_size: int = 1024,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    positions: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a tokenizer and a random-weight GPT-NeoX model to `out`; return `out`."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out, vocab_size)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer) + EXTRA_EMBEDDING_ROWS,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=positions,
+        rotary_pct=1.0,
+        use_parallel_residual=False,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    GPTNeoXForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--positions", type=int, default=2048)
+    args = parser.parse_args()
+    build_model(args.out, args.vocab, args.layers, args.hidden, positions=args.positions)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
