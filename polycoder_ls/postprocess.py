@@ -15,6 +15,7 @@ from .documents import Cursor
 BLOCK_OPENERS = (":", "{", "(", "[", "=>")
 CLOSERS_AND_PUNCTUATION = set(")]}>\"'`;,.: \t")
 CLOSING_LINE_CHARS = set(")]}>;, \t")
+REPLACEMENT_CHARACTER = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ def wants_multiline(cursor: Cursor, mode: str) -> bool:
 def _cut_at_stop_strings(raw: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((index for stop in stops if (index := raw.find(stop)) >= 0), default=-1)
     return (raw, False) if cut < 0 else (raw[:cut], True)
+
+
+def _cut_at_undecodable(raw: str) -> tuple[str, bool]:
+    """Bytes that decode to no character (U+FFFD) end the text. Only a U+FFFD with valid text
+    after it is final: at the end it may be the first bytes of a character still coming."""
+    index = raw.find(REPLACEMENT_CHARACTER)
+    if index < 0:
+        return raw, False
+    return raw[:index], bool(raw[index:].strip(REPLACEMENT_CHARACTER))
 
 
 def _block_lines(lines: list[str], cursor: Cursor) -> tuple[list[str], bool]:
@@ -101,5 +111,6 @@ def postprocess(
 ) -> tuple[Suggestion | None, bool]:
     """The suggestion for `raw`, and whether more raw text could not change it."""
     raw, stopped = _cut_at_stop_strings(raw, stops)
+    raw, undecodable = _cut_at_undecodable(raw)
     text, ended = _trimmed_text(raw, cursor, wants_multiline(cursor, multiline_mode))
-    return _with_suffix(text, cursor), stopped or ended
+    return _with_suffix(text, cursor), stopped or undecodable or ended

@@ -1,4 +1,4 @@
-"""An independent greedy generation with plain transformers `generate`, to compare the server with."""
+"""An independent greedy generation with plain `generate`, to compare the server with."""
 
 from __future__ import annotations
 

@@ -25,8 +25,12 @@ class Editor:
         self.name = name
         self.versions: dict[str, int] = {}
 
-    async def start(self, settings: dict[str, Any], wait_ready: bool = True) -> None:
+    async def start(
+        self, settings: dict[str, Any], wait_ready: bool = True, encodings: list[str] | None = None
+    ) -> None:
         capabilities = client_capabilities(EDITORS[self.name])
+        if encodings is not None:
+            capabilities.general = types.GeneralClientCapabilities(position_encodings=encodings)
         await self.client.initialize_session(
             types.InitializeParams(capabilities=capabilities, initialization_options=settings)
         )
@@ -79,6 +83,16 @@ class Editor:
     async def inline(self, uri: str, line: int, character: int) -> list[types.InlineCompletionItem]:
         result = await self.inline_request(uri, line, character)
         return list(result.items) if result is not None else []
+
+    async def texts(self, uri: str, line: int, character: int) -> list[str]:
+        return [item.insert_text for item in await self.inline(uri, line, character)]
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Change settings the way VS Code does: pushed, and answered when pulled."""
+        self.client.set_configuration(settings, section="polycoder")
+        self.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"polycoder": settings})
+        )
 
 
 def _plain(value: Any) -> Any:
