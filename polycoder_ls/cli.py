@@ -51,10 +51,13 @@ def _configure_logging(log_file: Path | None, verbosity: int) -> None:
 
 
 def _parse_target(target: str) -> tuple[Path, int, int]:
-    path, line, column = target.rsplit(":", 2)
-    if int(line) < 1 or int(column) < 1:
+    parts = target.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(f"expected FILE:LINE:COL, got {target!r}")
+    path, line, column = parts[0], int(parts[1]), int(parts[2])
+    if line < 1 or column < 1:
         raise ValueError("LINE and COL are 1-based")
-    return Path(path), int(line), int(column)
+    return Path(path), line, column
 
 
 def run_complete(args: argparse.Namespace) -> int:

@@ -89,7 +89,11 @@ class Engine:
     def forget(self, key: str) -> None:
         """Drop everything kept for document `key` (its KV cache)."""
         self.cancel(key)
-        self._worker.submit(lambda: self._generator and self._generator.forget(key))
+        self._worker.submit(lambda: self._forget(key))
+
+    def _forget(self, key: str) -> None:
+        if self._generator is not None:
+            self._generator.forget(key)
 
     def stop(self, wait: bool = False) -> None:
         self.cancel_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,17 @@ class Editor:
     async def status(self) -> dict[str, Any]:
         return _plain(await self.client.protocol.send_request_async("polycoder/status", {}))
 
-    async def wait_for_state(self, *states: str, timeout: float = 60) -> dict[str, Any]:
+    async def wait_for_status(
+        self, condition: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
-        while (status := await self.status())["state"] not in states:
+        while not condition(status := await self.status()):
             assert asyncio.get_running_loop().time() < deadline, f"still {status}"
             await asyncio.sleep(0.05)
         return status
+
+    async def wait_for_state(self, *states: str, timeout: float = 60) -> dict[str, Any]:
+        return await self.wait_for_status(lambda status: status["state"] in states, timeout)
 
     def open(self, uri: str, text: str, language: str = "python") -> None:
         self.versions[uri] = 1
@@ -70,7 +76,11 @@ class Editor:
         )
 
     def inline_request(self, uri: str, line: int, character: int) -> asyncio.Future[Any]:
-        return self.client.text_document_inline_completion_async(
+        """Send the request now; await the returned future for its result."""
+        return asyncio.ensure_future(self._inline(uri, line, character))
+
+    async def _inline(self, uri: str, line: int, character: int) -> Any:
+        return await self.client.text_document_inline_completion_async(
             types.InlineCompletionParams(
                 text_document=types.TextDocumentIdentifier(uri=uri),
                 position=types.Position(line, character),

@@ -1,0 +1,51 @@
+# Quick start:  make demo  (set up, print a suggestion)   make test  (set up, run every check)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU wheel of torch lies on disk on the project's machines. On a GPU machine, install the
+# torch build for your CUDA into $(VENV) first, or run: make TORCH="torch --index-url ..."
+TORCH ?= torch==2.13.0
+DEMO_MODEL ?= .demo/model
+DEMO_FILE ?= tests/data/example.py:10:21
+
+.PHONY: venv demo test lint typecheck unit e2e readme-table clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(DEMO_MODEL)/config.json: | venv
+	@echo "No offline PolyCoder checkpoint on this machine: building a tiny random-weight"
+	@echo "GPT-NeoX example model in $(DEMO_MODEL) (its suggestions are noise, the pipeline is real)."
+	$(BIN)/python tests/model_factory.py $(DEMO_MODEL)
+
+demo: venv $(DEMO_MODEL)/config.json
+	@echo "--- suggestion for $(DEMO_FILE) from $(DEMO_MODEL):"
+	$(BIN)/polycoder-ls complete $(DEMO_FILE) --model $(DEMO_MODEL) --max-new-tokens 24
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+e2e: venv
+	$(BIN)/pytest -q tests/e2e
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+readme-table: venv
+	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

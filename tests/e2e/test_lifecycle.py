@@ -1,0 +1,211 @@
+"""Start-up, exit paths, transports and the `complete` command, on the real process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from rpc import RawServer, frame, read_message
+
+from polycoder_ls import __version__
+from polycoder_ls.config import Settings
+
+URI = "file:///work/project/start.py"
+TEXT = (
+    "import os\n\n\ndef read_file(path):\n    with open(path) as handle:\n        return handle.re"
+)
+END = {"line": 5, "character": len("        return handle.re")}
+
+
+def wait_exit(process: subprocess.Popen, seconds: float = 20) -> int | None:
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return None
+
+
+def inline_params(position: dict) -> dict:
+    return {"textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 2}}
+
+
+def open_params(text: str = TEXT) -> dict:
+    return {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": text}}
+
+
+def test_shutdown_then_exit_ends_with_code_0(tiny_model):
+    server = RawServer()
+    server.initialize({"model": str(tiny_model)})
+    assert server.response(server.send("shutdown"))["result"] is None
+    server.send("exit", None, request=False)
+    assert wait_exit(server.process) == 0
+
+
+def test_exit_without_shutdown_ends_with_code_1(tiny_model):
+    server = RawServer()
+    server.initialize({"model": str(tiny_model)})
+    server.send("exit", None, request=False)
+    assert wait_exit(server.process) == 1
+
+
+def test_closing_stdin_ends_the_server_even_while_generating(tiny_model):
+    server = RawServer()
+    server.initialize({"model": str(tiny_model), "maxNewTokens": 500, "multiline": "always"})
+    server.send("textDocument/didOpen", open_params(), request=False)
+    server.send("textDocument/inlineCompletion", inline_params(END))
+    assert server.process.stdin is not None
+    server.process.stdin.close()
+    assert wait_exit(server.process) is not None
+
+
+def test_server_exits_when_the_editor_process_dies(tiny_model):
+    editor_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server = RawServer()
+    server.initialize({"model": str(tiny_model)}, process_id=editor_process.pid)
+    editor_process.kill()
+    editor_process.wait()
+    assert wait_exit(server.process) is not None
+
+
+def test_request_sent_while_the_model_loads_waits_for_it(tiny_model, reference):
+    server = RawServer()
+    server.initialize({"model": str(tiny_model)})
+    server.send("textDocument/didOpen", open_params(), request=False)
+    status = server.response(server.send("polycoder/status", {}))["result"]
+    answer = server.response(server.send("textDocument/inlineCompletion", inline_params(END)))
+    expected = reference.suggestion(TEXT, len(TEXT), Settings(model=str(tiny_model)))
+    server.send("exit", None, request=False)
+    wait_exit(server.process)
+    assert status["state"] == "loading"
+    assert expected is not None
+    assert [item["insertText"] for item in answer["result"]["items"]] == [expected.text]
+
+
+def test_logs_go_to_the_log_file_and_never_to_stdout(tiny_model, tmp_path):
+    log_file = tmp_path / "server.log"
+    server = RawServer("-vv", "--log-file", str(log_file))
+    server.initialize({"model": str(tiny_model)})
+    server.send("textDocument/didOpen", open_params(), request=False)
+    server.response(server.send("textDocument/inlineCompletion", inline_params(END)))
+    server.send("shutdown")
+    server.send("exit", None, request=False)
+    assert wait_exit(server.process) == 0
+    assert "model ready" in log_file.read_text()
+
+
+def test_tcp_transport(tiny_model):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polycoder_ls", "--tcp", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        connection = _connect(port)
+        connection.sendall(
+            frame(
+                {
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "processId": None,
+                        "capabilities": {},
+                        "initializationOptions": {"model": str(tiny_model)},
+                    },
+                }
+            )
+        )
+        reply = read_message(connection.makefile("rb"))
+        assert reply["result"]["serverInfo"] == {"name": "polycoder-ls", "version": __version__}
+        assert "inlineCompletionProvider" in reply["result"]["capabilities"]
+        connection.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _connect(port: int) -> socket.socket:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_version_flag():
+    result = subprocess.run(
+        [sys.executable, "-m", "polycoder_ls", "--version"], capture_output=True, text=True
+    )
+    assert result.stdout.strip() == f"polycoder-ls {__version__}"
+
+
+def test_complete_command_prints_the_server_suggestion(tiny_model, reference, tmp_path):
+    source = tmp_path / "example.py"
+    source.write_text(TEXT + "\n\nprint(read_file('x'))\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polycoder_ls",
+            "complete",
+            f"{source}:6:25",
+            "--model",
+            str(tiny_model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    expected = reference.suggestion(source.read_text(), len(TEXT), Settings(model=str(tiny_model)))
+    assert result.returncode == 0, result.stderr
+    assert expected is not None
+    assert result.stdout == expected.text + "\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing.py:1:1", "No such file"),
+        ("example.py:0:1", "1-based"),
+        ("example.py", "FILE:LINE:COL"),
+    ],
+)
+def test_complete_command_rejects_bad_targets(tmp_path, target, message):
+    (tmp_path / "example.py").write_text("x = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "polycoder_ls", "complete", target],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_complete_command_reports_a_model_that_cannot_load(tmp_path):
+    (tmp_path / "example.py").write_text("x = 1\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polycoder_ls",
+            "complete",
+            "example.py:1:5",
+            "--model",
+            str(tmp_path / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "model directory not found" in result.stderr

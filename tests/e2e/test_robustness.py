@@ -1,0 +1,113 @@
+"""Bad input gets a clear answer and the server keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcMethodNotFound
+
+from polycoder_ls.config import Settings
+
+URI = "file:///work/project/robust.py"
+TEXT = (
+    "import os\n\n\ndef read_file(path):\n    with open(path) as handle:\n        return handle.re"
+)
+
+
+async def test_request_for_a_document_never_opened(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    assert await editor.texts("file:///nowhere.py", 0, 0) == []
+    assert (await editor.status())["state"] == "ready"
+
+
+async def test_positions_past_the_end_are_clamped(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    editor.open(URI, TEXT)
+    at_end = await editor.texts(URI, 5, len("        return handle.re"))
+    assert at_end
+    assert await editor.texts(URI, 5, 500) == at_end
+    assert await editor.texts(URI, 40, 3) == at_end
+
+
+async def test_edit_outside_the_document_is_clamped_not_lost(editor, tiny_model, reference):
+    await editor.start({"model": str(tiny_model)})
+    editor.open(URI, "import os\n")
+    editor.edit(URI, (50, 7), (60, 0), "\n\ndef read_file(path):\n    with open(path) as handle:")
+    editor.edit(URI, (99, 0), (99, 0), "\n        return handle.re")
+    expected_document = TEXT
+    expected = reference.suggestion(
+        expected_document, len(expected_document), Settings(model=str(tiny_model))
+    )
+    assert expected is not None
+    assert await editor.texts(URI, 5, len("        return handle.re")) == [expected.text]
+
+
+async def test_change_for_a_closed_document_is_ignored(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    editor.open(URI, TEXT)
+    editor.client.text_document_did_close(
+        types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=URI))
+    )
+    editor.versions[URI] = 1
+    editor.edit(URI, (0, 0), (0, 0), "x")
+    assert await editor.texts(URI, 0, 1) == []
+    assert (await editor.status())["state"] == "ready"
+
+
+async def test_invalid_settings_are_reported_and_the_previous_values_kept(editor, tiny_model):
+    await editor.start({"model": str(tiny_model), "contextTokens": 1024})
+    editor.configure({"contextTokens": "a lot", "temperature": -3, "maxNewTokens": 8})
+    message = await editor.client.wait_for_notification(types.WINDOW_SHOW_MESSAGE)
+    assert message.type == types.MessageType.Warning
+    assert "contextTokens" in message.message
+    await asyncio.sleep(0.2)
+    status = await editor.status()
+    assert status["contextTokens"] == 1024
+    editor.open(URI, TEXT)
+    await editor.texts(URI, 5, 24)
+    assert (await editor.status())["last"]["generatedTokens"] <= 8
+
+
+async def test_invalid_initialization_options_are_reported(editor, tiny_model):
+    await editor.start({"model": str(tiny_model), "multiline": "sometimes"})
+    messages = editor.client.messages
+    assert any("multiline" in message.message for message in messages)
+    assert (await editor.status())["state"] == "ready"
+
+
+async def test_unknown_method_is_an_error_not_a_crash(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    with pytest.raises(JsonRpcMethodNotFound):
+        await editor.client.protocol.send_request_async("polycoder/noSuchThing", {})
+    assert (await editor.status())["state"] == "ready"
+
+
+async def test_model_that_cannot_load_is_reported_and_the_server_stays_up(editor, tmp_path):
+    await editor.start({"model": str(tmp_path / "missing-model")}, wait_ready=False)
+    status = await editor.wait_for_state("error")
+    assert "missing-model" in status["error"]
+    assert any(
+        message.type == types.MessageType.Error and "missing-model" in message.message
+        for message in editor.client.messages
+    )
+    editor.open(URI, TEXT)
+    assert await editor.texts(URI, 5, 24) == []
+
+
+async def test_changing_the_model_reloads_it_with_progress(editor, tiny_model, slow_model):
+    await editor.start({"model": str(tiny_model)})
+    editor.configure({"model": str(slow_model)})
+    status = await editor.wait_for_status(
+        lambda status: status["model"] == str(slow_model) and status["state"] != "loading"
+    )
+    assert status["state"] == "ready"
+    if editor.name == "vscode":  # its capabilities include window.workDoneProgress
+        reports = list(editor.client.progress_reports.values())
+        assert len(reports) == 2
+        assert all(report[0].kind == "begin" and report[-1].kind == "end" for report in reports)
+        assert str(slow_model) in reports[-1][0].title
+    editor.open(URI, TEXT)
+    await editor.texts(URI, 5, 24)
+    assert (await editor.status())["totals"]["completed"] == 1
