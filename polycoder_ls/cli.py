@@ -90,7 +90,7 @@ def run_complete(args: argparse.Namespace) -> int:
         print(f"polycoder-ls complete: {status.error}", file=sys.stderr)
         engine.stop(wait=True)
         return 1
-    document = Document(path.as_uri(), "", 0, text)
+    document = Document(path.resolve().as_uri(), "", 0, text)
     cursor = cursor_at(document, document.offset_at(line - 1, column - 1, "utf-32"))
     future, _ = engine.complete(str(path), cursor, settings)
     suggestion = future.result().suggestion

@@ -25,6 +25,11 @@ def register(server: PolycoderLanguageServer) -> None:
         item = types.InlineCompletionItem(insert_text=suggestion.text, range=replaced)
         return types.InlineCompletionList(items=[item])
 
+
+def register_fallback(server: PolycoderLanguageServer) -> None:
+    """textDocument/completion, for clients without inline completion only: a client with both
+    would ask twice per keystroke and each request would cancel the other."""
+
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(
         ls: PolycoderLanguageServer, params: types.CompletionParams

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
+from . import completion
+
 if TYPE_CHECKING:
     from ..server import PolycoderLanguageServer
 
@@ -38,6 +40,9 @@ def register(server: PolycoderLanguageServer) -> None:
     @server.feature(types.INITIALIZE)
     def initialize(ls: PolycoderLanguageServer, params: types.InitializeParams) -> None:
         ls.update_settings(params.initialization_options)
+        text_document = params.capabilities.text_document
+        if text_document is None or text_document.inline_completion is None:
+            completion.register_fallback(ls)
         if params.process_id is not None and os.name == "posix":
             ls.editor_watch = asyncio.ensure_future(_exit_when_editor_dies(ls, params.process_id))
 

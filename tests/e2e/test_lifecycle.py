@@ -209,3 +209,22 @@ def test_complete_command_reports_a_model_that_cannot_load(tmp_path):
     )
     assert result.returncode == 1
     assert "model directory not found" in result.stderr
+
+
+def test_completion_provider_only_for_clients_without_inline_completion(tiny_model):
+    capabilities_by_kind = {
+        "inline": {"textDocument": {"inlineCompletion": {}}},
+        "plain": {"textDocument": {"completion": {}}},
+    }
+    providers = {}
+    for kind, capabilities in capabilities_by_kind.items():
+        server = RawServer()
+        msg_id = server.send(
+            "initialize", {"processId": None, "rootUri": None, "capabilities": capabilities}
+        )
+        assert msg_id is not None
+        result = server.response(msg_id)["result"]["capabilities"]
+        providers[kind] = ("inlineCompletionProvider" in result, "completionProvider" in result)
+        server.send("exit", None, request=False)
+        wait_exit(server.process)
+    assert providers == {"inline": (True, False), "plain": (True, True)}

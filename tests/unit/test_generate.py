@@ -1,0 +1,87 @@
+"""The decoder: KV reuse is exact, padding rows are never emitted, sampling obeys top-p."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from polycoder_ls.config import Settings
+from polycoder_ls.engine.generate import DecodeParams, Generator, _choose
+from polycoder_ls.engine.loading import load_model
+
+GREEDY = DecodeParams(max_new_tokens=12, temperature=0.0, top_p=1.0)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: Path):
+    return load_model(Settings(model=str(tiny_model), threads=1))
+
+
+def never(*_: object) -> bool:
+    return False
+
+
+def test_reused_prefix_gives_the_same_text_as_a_fresh_start(loaded):
+    text = Path(__file__).read_text()
+    prompt = loaded.tokenize(text)[0][:300]
+    warm = Generator(loaded)
+    warm.generate("doc", [*prompt[:250], 5, 6, 7], GREEDY, never, never)
+    reused_text, stats = warm.generate("doc", prompt, GREEDY, never, never)
+    fresh_text, fresh_stats = Generator(loaded).generate("doc", prompt, GREEDY, never, never)
+    assert stats.reused_tokens == 250
+    assert fresh_stats.reused_tokens == 0
+    assert reused_text == fresh_text
+
+
+def test_identical_prompt_reuses_all_but_the_last_token(loaded):
+    prompt = loaded.tokenize("def main():\n    print('hello')\n")[0]
+    generator = Generator(loaded)
+    first, _ = generator.generate("doc", prompt, GREEDY, never, never)
+    again, stats = generator.generate("doc", prompt, GREEDY, never, never)
+    assert again == first
+    assert stats.reused_tokens == len(prompt) - 1
+
+
+def test_documents_do_not_share_caches(loaded):
+    prompt = loaded.tokenize("import os\n")[0]
+    generator = Generator(loaded)
+    generator.generate("a", prompt, GREEDY, never, never)
+    _, stats = generator.generate("b", prompt, GREEDY, never, never)
+    assert stats.reused_tokens == 0
+    generator.forget("a")
+    _, stats = generator.generate("a", prompt, GREEDY, never, never)
+    assert stats.reused_tokens == 0
+
+
+def test_untrained_embedding_rows_are_never_emitted(loaded):
+    output = loaded.model.get_output_embeddings().weight
+    assert output.shape[0] > loaded.vocab_limit
+    saved = output.data[loaded.vocab_limit :].clone()
+    output.data[loaded.vocab_limit :] = 5.0  # make every padding row win the argmax
+    try:
+        text, stats = Generator(loaded).generate(
+            "doc", loaded.tokenize("x = ")[0], GREEDY, never, never
+        )
+    finally:
+        output.data[loaded.vocab_limit :] = saved
+    assert stats.generated_tokens == GREEDY.max_new_tokens
+    assert text.strip()
+
+
+def test_finished_and_cancel_stop_the_decoder(loaded):
+    prompt = loaded.tokenize("import os\n")[0]
+    text, stats = Generator(loaded).generate("doc", prompt, GREEDY, lambda t: len(t) > 0, never)
+    assert stats.generated_tokens == 1
+    text, stats = Generator(loaded).generate("doc", prompt, GREEDY, never, lambda: True)
+    assert (text, stats.cancelled, stats.generated_tokens) == ("", True, 0)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
+    nucleus = DecodeParams(1, temperature=1.0, top_p=0.5)
+    assert {_choose(logits, nucleus) for _ in range(50)} == {0}
+    wide = DecodeParams(1, temperature=1.0, top_p=0.99)
+    assert {_choose(logits, wide) for _ in range(300)} >= {0, 1}
+    assert _choose(logits, DecodeParams(1, temperature=0.0, top_p=0.5)) == 0
