@@ -25,12 +25,27 @@ class Totals:
     completed: int = 0
     cancelled: int = 0
     cache_hits: int = 0
+    shown: int = 0
+    accepted: int = 0
+    partially_accepted: int = 0
+    accepted_chars: int = 0
 
 
 @dataclass
 class Metrics:
     last: LastRequest = field(default_factory=LastRequest)
     totals: Totals = field(default_factory=Totals)
+
+    def record_acceptance(self, accepted_length: int, length: int) -> None:
+        """A client accepted `accepted_length` of a `length`-character suggestion."""
+        accepted_length = max(0, min(accepted_length, length))
+        if accepted_length == 0:
+            return
+        if accepted_length == length:
+            self.totals.accepted += 1
+        else:
+            self.totals.partially_accepted += 1
+        self.totals.accepted_chars += accepted_length
 
     def record(self, last: LastRequest) -> None:
         self.last = last

@@ -3,17 +3,47 @@ clients without inline completion)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import Any
 
 from lsprotocol import types
 
-if TYPE_CHECKING:
-    from ..server import PolycoderLanguageServer
+from ..server import PolycoderLanguageServer  # a runtime name: pygls reads handler annotations
+
+log = logging.getLogger(__name__)
 
 LABEL_CHARS = 60
+ACCEPT_COMMAND = "polycoder.accept"
+DID_ACCEPT = "polycoder/didAccept"
+
+
+def accept_command(length: int) -> types.Command:
+    """Run by the editor when the whole suggestion is accepted (local telemetry only)."""
+    arguments: list[Any] = [length]
+    return types.Command(
+        title="PolyCoder suggestion accepted", command=ACCEPT_COMMAND, arguments=arguments
+    )
+
+
+def _record_acceptance(ls: PolycoderLanguageServer, length: Any, accepted: Any) -> None:
+    if isinstance(length, int) and isinstance(accepted, int):
+        ls.metrics.record_acceptance(accepted, length)
+    else:
+        log.warning("ignored acceptance report: length %r, acceptedLength %r", length, accepted)
 
 
 def register(server: PolycoderLanguageServer) -> None:
+    @server.command(ACCEPT_COMMAND)
+    def accepted(ls: PolycoderLanguageServer, length: Any = None) -> None:
+        _record_acceptance(ls, length, length)
+
+    @server.feature(DID_ACCEPT)
+    def did_accept(ls: PolycoderLanguageServer, params: Any) -> None:
+        """params: {"length": n, "acceptedLength": m}; m < n when partly accepted."""
+        _record_acceptance(
+            ls, getattr(params, "length", None), getattr(params, "acceptedLength", None)
+        )
+
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(
         ls: PolycoderLanguageServer, params: types.InlineCompletionParams
@@ -22,7 +52,12 @@ def register(server: PolycoderLanguageServer) -> None:
         if result is None:
             return types.InlineCompletionList(items=[])
         suggestion, replaced = result
-        item = types.InlineCompletionItem(insert_text=suggestion.text, range=replaced)
+        ls.metrics.totals.shown += 1
+        item = types.InlineCompletionItem(
+            insert_text=suggestion.text,
+            range=replaced,
+            command=accept_command(len(suggestion.text)),
+        )
         return types.InlineCompletionList(items=[item])
 
 

@@ -118,7 +118,9 @@ async def test_typing_through_a_suggestion_needs_no_model_run(editor, tiny_model
     assert texts == [suggestion[2:]]
     assert status["last"]["cacheHit"] is True
     assert status["last"]["generatedTokens"] == 0
-    assert status["totals"] == {"requests": 2, "completed": 2, "cancelled": 0, "cacheHits": 1}
+    assert status["totals"]["requests"] == 2
+    assert status["totals"]["completed"] == 2
+    assert status["totals"]["cacheHits"] == 1
 
 
 async def test_document_longer_than_the_context_window(editor, tiny_model, reference):
@@ -138,3 +140,23 @@ async def test_disabled_language_gets_nothing(editor, tiny_model):
     await editor.start(settings_for(tiny_model, disabledLanguages=["markdown"]))
     editor.open("file:///work/README.md", "# Title\n\nSome text", language="markdown")
     assert await editor.texts("file:///work/README.md", 2, 9) == []
+
+
+async def test_acceptance_is_counted_locally(editor, tiny_model):
+    await editor.start(settings_for(tiny_model))
+    editor.open(URI, SOURCE)
+    [item] = await editor.inline(URI, 5, len("        return handle.re"))
+    # The editor runs the item's command when the whole suggestion is accepted...
+    assert item.command is not None
+    await editor.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=item.command.command, arguments=item.command.arguments)
+    )
+    # ...and plugins report a partial acceptance (a word, a line) with a notification.
+    editor.client.protocol.notify(
+        "polycoder/didAccept", {"length": len(item.insert_text), "acceptedLength": 1}
+    )
+    totals = (await editor.status())["totals"]
+    assert totals["shown"] == 1
+    assert totals["accepted"] == 1
+    assert totals["partiallyAccepted"] == 1
+    assert totals["acceptedChars"] == len(item.insert_text) + 1
