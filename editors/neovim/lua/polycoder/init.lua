@@ -1,0 +1,168 @@
+-- polycoder.nvim: ghost-text code completions from polycoder-ls.
+local config = require("polycoder.config")
+
+local M = {}
+
+local state = { options = nil, enabled = true, group = nil }
+
+local function has_native()
+  return vim.lsp.inline_completion ~= nil and vim.lsp.config ~= nil
+end
+
+--- Whether the plugin draws ghost text itself (Neovim < 0.12, or native = false).
+function M.uses_plugin_ghost_text()
+  local native = state.options and state.options.native
+  return native == false or not has_native()
+end
+
+function M.options()
+  return state.options
+end
+
+local function client_config(options)
+  return {
+    name = "polycoder",
+    cmd = options.cmd,
+    filetypes = options.filetypes,
+    root_markers = options.root_markers,
+    init_options = options.settings,
+    settings = { polycoder = options.settings },
+  }
+end
+
+--- The polycoder-ls client attached to a buffer, if any.
+function M.client(bufnr)
+  return vim.lsp.get_clients({ bufnr = bufnr or 0, name = "polycoder" })[1]
+end
+
+local function map(lhs, rhs, desc, opts)
+  if lhs then
+    vim.keymap.set("i", lhs, rhs, vim.tbl_extend("force", { desc = desc }, opts or {}))
+  end
+end
+
+local function native_accept(part, key)
+  return function()
+    local function on_accept(item)
+      require("polycoder.ghost").accept_native_part(item, part)
+    end
+    -- The whole item: Neovim's own accept (it applies the range and runs item.command).
+    local opts = part ~= "all" and { on_accept = on_accept } or nil
+    if not vim.lsp.inline_completion.get(opts) then
+      return vim.keycode(key)
+    end
+    return ""
+  end
+end
+
+local function set_keymaps(options)
+  local keys = options.keymaps
+  if M.uses_plugin_ghost_text() then
+    local ghost = require("polycoder.ghost")
+    map(keys.accept, ghost.accept_or_fallback("all", keys.accept), "PolyCoder: accept", { expr = true })
+    map(keys.accept_word, ghost.accept_or_fallback("word", keys.accept_word), "PolyCoder: accept word", { expr = true })
+    map(keys.accept_line, ghost.accept_or_fallback("line", keys.accept_line), "PolyCoder: accept line", { expr = true })
+    map(keys.dismiss, ghost.dismiss, "PolyCoder: dismiss")
+    map(keys.next, function() ghost.cycle(1) end, "PolyCoder: next suggestion")
+    map(keys.prev, function() ghost.cycle(-1) end, "PolyCoder: previous suggestion")
+    return
+  end
+  map(keys.accept, native_accept("all", keys.accept), "PolyCoder: accept", { expr = true })
+  map(keys.accept_word, native_accept("word", keys.accept_word), "PolyCoder: accept word", { expr = true })
+  map(keys.accept_line, native_accept("line", keys.accept_line), "PolyCoder: accept line", { expr = true })
+  map(keys.dismiss, function()
+    vim.lsp.inline_completion.get({ on_accept = function() end })
+  end, "PolyCoder: dismiss")
+  map(keys.next, function() vim.lsp.inline_completion.select({ count = 1 }) end, "PolyCoder: next")
+  map(keys.prev, function() vim.lsp.inline_completion.select({ count = -1 }) end, "PolyCoder: previous")
+end
+
+local function start_legacy(options)
+  vim.api.nvim_create_autocmd("FileType", {
+    group = state.group,
+    pattern = options.filetypes,
+    callback = function(args)
+      local cfg = client_config(options)
+      cfg.root_dir = vim.fs.root(args.buf, options.root_markers) or vim.fn.getcwd()
+      cfg.filetypes = nil
+      cfg.root_markers = nil
+      vim.lsp.start(cfg, { bufnr = args.buf })
+    end,
+  })
+end
+
+--- Configure and start the plugin. Calling it again replaces the options.
+function M.setup(opts)
+  state.options = config.merge(opts)
+  state.group = vim.api.nvim_create_augroup("polycoder", { clear = true })
+  if vim.lsp.config ~= nil then
+    vim.lsp.config("polycoder", client_config(state.options))
+    vim.lsp.enable("polycoder")
+  else
+    start_legacy(state.options)
+  end
+  vim.api.nvim_create_autocmd("LspAttach", {
+    group = state.group,
+    callback = function(args)
+      local client = vim.lsp.get_client_by_id(args.data.client_id)
+      if not client or client.name ~= "polycoder" then
+        return
+      end
+      if M.uses_plugin_ghost_text() then
+        require("polycoder.ghost").attach(args.buf, client.id, state.options)
+      else
+        vim.lsp.inline_completion.enable(state.enabled, { bufnr = args.buf })
+      end
+    end,
+  })
+  set_keymaps(state.options)
+end
+
+--- Set up with defaults unless the user already called setup().
+function M.ensure_setup()
+  if state.options == nil then
+    M.setup({})
+  end
+end
+
+--- Turn suggestions on or off in every buffer.
+function M.toggle()
+  state.enabled = not state.enabled
+  if M.uses_plugin_ghost_text() then
+    require("polycoder.ghost").set_enabled(state.enabled)
+  else
+    vim.lsp.inline_completion.enable(state.enabled)
+  end
+  vim.notify("PolyCoder suggestions " .. (state.enabled and "on" or "off"))
+  return state.enabled
+end
+
+--- polycoder/status of the server attached to the current buffer (synchronous).
+function M.status(bufnr)
+  local client = M.client(bufnr)
+  if not client then
+    return nil, "polycoder-ls is not attached to this buffer"
+  end
+  local call = require("polycoder.ghost").call
+  local response = call(client, "request_sync", "polycoder/status", {}, 2000, bufnr or 0)
+  if not response or response.err then
+    return nil, response and vim.inspect(response.err) or "no answer from polycoder-ls"
+  end
+  return response.result
+end
+
+function M.show_status()
+  local status, err = M.status(0)
+  if not status then
+    vim.notify("PolyCoder: " .. err, vim.log.levels.WARN)
+    return
+  end
+  local last, totals = status.last, status.totals
+  vim.notify(string.format(
+    "PolyCoder: %s | %s on %s (%s) | last: %d prompt tokens (%d reused), %d new, %.0f ms%s | shown %d, accepted %d%s",
+    status.state, status.model, status.device, status.dtype, last.promptTokens, last.reusedTokens,
+    last.generatedTokens, last.latencyMs, last.cacheHit and ", cache hit" or "", totals.shown or 0,
+    totals.accepted or 0, status.error and (" | error: " .. status.error) or ""))
+end
+
+return M

