@@ -7,6 +7,9 @@ vim.g.loaded_python3_provider = 0
 vim.o.showmode = false
 vim.o.swapfile = false
 vim.cmd("filetype plugin indent on")
+-- Ghost text in grey italics, as a colorscheme would show it (for the screenshot).
+vim.api.nvim_set_hl(0, "ComplHint", { fg = "#8a8a8a", italic = true })
+vim.api.nvim_set_hl(0, "Comment", { fg = "#8a8a8a", italic = true })
 
 local plugin_mode = env.POLYCODER_TEST_MODE == "plugin"
 local native = nil -- Neovim's own inline completion
@@ -103,6 +106,9 @@ local function session()
   results.before_accept = buffer_text()
   results.cursor = vim.api.nvim_win_get_cursor(0)
   results.ghost = ghost_text()
+  if env.POLYCODER_TEST_HTML then -- what the screen shows, ghost text included, as HTML
+    vim.fn.writefile(require("tohtml").tohtml(0, { title = "polycoder.nvim" }), env.POLYCODER_TEST_HTML)
+  end
   type_keys({ "<Tab>" })
   wait_for("the accepted text", function() return buffer_text() ~= results.before_accept end)
   sleep(100)

@@ -17,6 +17,7 @@ from polycoder_ls.config import Settings
 ROOT = Path(__file__).parents[2]
 PLUGIN = ROOT / "editors" / "neovim"
 DRIVER = Path(__file__).parent / "nvim_driver.lua"
+ARTIFACTS = ROOT / "test-artifacts"
 SOURCE = (
     "import os\n\n\ndef read_file(path):\n    with open(path) as handle:\n        return handle."
 )
@@ -42,6 +43,7 @@ def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
         "POLYCODER_TEST_FILE": str(source),
         "POLYCODER_TEST_OUT": str(out),
         "POLYCODER_SERVER_LOG": str(tmp_path / "server.log"),
+        "POLYCODER_TEST_HTML": str(tmp_path / "screen.html"),
         **{
             f"XDG_{kind}_HOME": str(tmp_path / kind.lower())
             for kind in ("CONFIG", "DATA", "STATE", "CACHE")
@@ -58,7 +60,22 @@ def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
     assert out.exists(), f"nvim wrote no result: {process.stderr[-3000:]}"
     result = json.loads(out.read_text())
     assert result["ok"], result["message"]
+    screenshot(tmp_path / "screen.html", ARTIFACTS / f"neovim-{mode}-ghost-text.png")
     return result
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """Render Neovim's :TOhtml of the screen (ghost text included) to a PNG with Chromium."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium not found: `make editor-tools` installs it")
+    png.parent.mkdir(exist_ok=True)
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--screenshot={png}", "--window-size=760,260", html.as_uri()],
+        capture_output=True, timeout=60, check=True,
+    )
 
 
 def insert_at(text: str, row: int, column: int, insertion: str) -> str:
@@ -92,3 +109,4 @@ def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
     assert through["shown_after"] == through["suggestion"][1:]
     assert through["model_runs_after"] == through["model_runs_before"]
     assert through["accepted"] == 1
+    assert (ARTIFACTS / f"neovim-{mode}-ghost-text.png").stat().st_size > 5_000
