@@ -142,6 +142,23 @@ local function session()
     model_runs_after = status().totals.completed - status().totals.cacheHits,
     accepted = status().totals.accepted,
   }
+
+  -- Accept word: the next word of the suggestion goes in, the rest stays on screen.
+  local rest = ghost_text()
+  local line_before = vim.api.nvim_get_current_line()
+  type_keys({ "<M-Right>" })
+  wait_for("the accepted word", function() return vim.api.nvim_get_current_line() ~= line_before end)
+  sleep(100)
+  results.accept_word = {
+    rest = rest,
+    line_before = line_before,
+    line_after = vim.api.nvim_get_current_line(),
+    partially_accepted = status().totals.partiallyAccepted,
+  }
+
+  vim.cmd("stopinsert")
+  vim.cmd("checkhealth polycoder")
+  results.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), "\n")
   finish(true, "done")
 end
 

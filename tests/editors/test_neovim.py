@@ -4,6 +4,7 @@ ghost text (the 0.10/0.11 code path, forced with native = false)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -71,10 +72,22 @@ def screenshot(html: Path, png: Path) -> None:
         pytest.fail("chromium not found: `make editor-tools` installs it")
     png.parent.mkdir(exist_ok=True)
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--screenshot={png}", "--window-size=760,260", html.as_uri()],
-        capture_output=True, timeout=60, check=True,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--screenshot={png}",
+            "--window-size=760,260",
+            html.as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
 
 
@@ -109,4 +122,11 @@ def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
     assert through["shown_after"] == through["suggestion"][1:]
     assert through["model_runs_after"] == through["model_runs_before"]
     assert through["accepted"] == 1
+    # Accept word inserts the next word of what is shown and reports a partial acceptance.
+    word = result["accept_word"]
+    inserted = word["line_after"][len(word["line_before"]) :]
+    assert inserted and word["rest"].startswith(inserted)
+    assert re.fullmatch(r"\s*(\w+|[^\w\s])", inserted)
+    assert word["partially_accepted"] == 1
+    assert "ready on cpu (float32)" in result["health"]
     assert (ARTIFACTS / f"neovim-{mode}-ghost-text.png").stat().st_size > 5_000

@@ -30,9 +30,10 @@ local function client_config(options)
   }
 end
 
---- The polycoder-ls client attached to a buffer, if any.
+--- The polycoder-ls client attached to a buffer, else any running one.
 function M.client(bufnr)
   return vim.lsp.get_clients({ bufnr = bufnr or 0, name = "polycoder" })[1]
+    or vim.lsp.get_clients({ name = "polycoder" })[1]
 end
 
 local function map(lhs, rhs, desc, opts)
@@ -141,7 +142,7 @@ end
 function M.status(bufnr)
   local client = M.client(bufnr)
   if not client then
-    return nil, "polycoder-ls is not attached to this buffer"
+    return nil, "polycoder-ls is not running"
   end
   local call = require("polycoder.ghost").call
   local response = call(client, "request_sync", "polycoder/status", {}, 2000, bufnr or 0)
