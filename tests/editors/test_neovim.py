@@ -4,8 +4,8 @@ ghost text (the 0.10/0.11 code path, forced with native = false)."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
