@@ -166,15 +166,7 @@ function M.attach(bufnr, client_id, opts)
     group = group, buffer = bufnr, callback = function() on_change(bufnr) end,
   })
   vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group, buffer = bufnr,
-    callback = function()
-      local state = buffers[bufnr]
-      if state then
-        cancel_request(state)
-        if state.timer then state.timer:stop() end
-      end
-      clear(bufnr)
-    end,
+    group = group, buffer = bufnr, callback = function() M.dismiss(bufnr) end,
   })
   vim.api.nvim_create_autocmd({ "BufWipeout", "LspDetach" }, {
     group = group, buffer = bufnr,
@@ -253,8 +245,9 @@ function M.accept_native_part(item, part)
   report(item.client_id, vim.fn.strchars(text), vim.fn.strchars(portion))
 end
 
-function M.dismiss()
-  local bufnr = vim.api.nvim_get_current_buf()
+--- Hide the suggestion and stop any request or pending debounce for it.
+function M.dismiss(bufnr)
+  bufnr = bufnr or vim.api.nvim_get_current_buf()
   local state = buffers[bufnr]
   if state then
     cancel_request(state)

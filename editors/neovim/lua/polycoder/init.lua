@@ -63,7 +63,7 @@ local function set_keymaps(options)
     map(keys.accept, ghost.accept_or_fallback("all", keys.accept), "PolyCoder: accept", { expr = true })
     map(keys.accept_word, ghost.accept_or_fallback("word", keys.accept_word), "PolyCoder: accept word", { expr = true })
     map(keys.accept_line, ghost.accept_or_fallback("line", keys.accept_line), "PolyCoder: accept line", { expr = true })
-    map(keys.dismiss, ghost.dismiss, "PolyCoder: dismiss")
+    map(keys.dismiss, function() ghost.dismiss() end, "PolyCoder: dismiss")
     map(keys.next, function() ghost.cycle(1) end, "PolyCoder: next suggestion")
     map(keys.prev, function() ghost.cycle(-1) end, "PolyCoder: previous suggestion")
     return
