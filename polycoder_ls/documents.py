@@ -129,6 +129,10 @@ class DocumentStore:
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
 
+    def version(self, uri: str) -> int | None:
+        document = self._documents.get(uri)
+        return None if document is None else document.version
+
     def close(self, uri: str) -> None:
         self._documents.pop(uri, None)
 

@@ -154,7 +154,10 @@ class PolycoderLanguageServer(LanguageServer):
         if hit:
             self.metrics.record(LastRequest(cache_hit=True, latency_ms=_ms_since(started)))
         else:
+            version = self.documents.version(uri)
             suggestion = await self._generate(uri, cursor, started)
+            if self.documents.version(uri) != version:
+                return None  # the document changed while the model ran: the answer is stale
         if suggestion is None:
             return None
         return suggestion, self._replaced_range(uri, offset, suggestion)
