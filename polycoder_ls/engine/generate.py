@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .kv_cache import cache_nbytes, preallocated_cache
 from .loading import LoadedModel
 
 PREFILL_CHUNK_TOKENS = 512
 KEPT_DOCUMENT_CACHES = 4
+KEPT_CACHES_BUDGET_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,25 @@ class Generator:
     def forget(self, key: str) -> None:
         self._kept.pop(key, None)
 
-    def _take_state(self, key: str, prompt: list[int]) -> _KeptState:
+    def _take_state(self, key: str, prompt: list[int], new_tokens: int) -> _KeptState:
         """The document's cache cropped to its common prefix with `prompt` (at least one
         prompt token is left to feed, for the logits)."""
         kept = self._kept.pop(key, None)
         if kept is None:
-            return _KeptState([], DynamicCache(config=self.loaded.model.config))
+            layers = self.loaded.model.config.get_text_config().num_hidden_layers
+            return _KeptState([], preallocated_cache(layers, len(prompt) + new_tokens))
         keep = min(_common_prefix_length(kept.token_ids, prompt), len(prompt) - 1)
         kept.cache.crop(keep - kept.cache.get_seq_length())
         return _KeptState(kept.token_ids[:keep], kept.cache)
 
     def _keep_state(self, key: str, state: _KeptState) -> None:
+        """Keep `state` as the most recent; evict the least recently used beyond the limits."""
         self._kept[key] = state
-        while len(self._kept) > KEPT_DOCUMENT_CACHES:
+        while len(self._kept) > 1 and (
+            len(self._kept) > KEPT_DOCUMENT_CACHES
+            or sum(cache_nbytes(kept.cache) for kept in self._kept.values())
+            > KEPT_CACHES_BUDGET_BYTES
+        ):
             self._kept.popitem(last=False)
 
     def _forward(self, state: _KeptState, token_ids: list[int]) -> torch.Tensor:
@@ -107,7 +115,7 @@ class Generator:
         """Decode after `prompt` until end-of-text, `finished(text)`, the token limit or a
         cancel; return the text and what it cost."""
         started = time.perf_counter()
-        state = self._take_state(key, prompt)
+        state = self._take_state(key, prompt, params.max_new_tokens)
         reused = len(state.token_ids)
         generated: list[int] = []
         text, was_cancelled = "", False

@@ -85,3 +85,23 @@ def test_top_p_keeps_only_the_nucleus():
     wide = DecodeParams(1, temperature=1.0, top_p=0.99)
     assert {_choose(logits, wide) for _ in range(300)} >= {0, 1}
     assert _choose(logits, DecodeParams(1, temperature=0.0, top_p=0.5)) == 0
+
+
+def test_preallocated_cache_matches_transformers_dynamic_cache(loaded):
+    from transformers import DynamicCache
+
+    from polycoder_ls.engine.kv_cache import cache_nbytes, preallocated_cache
+
+    ids = torch.tensor([loaded.tokenize(Path(__file__).read_text())[0][:200]])
+    layers = loaded.model.config.num_hidden_layers
+    grown = preallocated_cache(layers, capacity=8)  # forces several reallocations
+    reference = DynamicCache(config=loaded.model.config)
+    with torch.inference_mode():
+        for cache in (grown, reference):
+            loaded.model(input_ids=ids[:, :150], cache=cache, use_cache=True)
+            cache.crop(-30)
+        ours = loaded.model(input_ids=ids[:, 120:], cache=grown, use_cache=True).logits
+        theirs = loaded.model(input_ids=ids[:, 120:], cache=reference, use_cache=True).logits
+    assert grown.get_seq_length() == reference.get_seq_length() == 200
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert cache_nbytes(grown) > 0
