@@ -88,10 +88,18 @@ async def test_model_that_cannot_load_is_reported_and_the_server_stays_up(editor
     await editor.start({"model": str(tmp_path / "missing-model")}, wait_ready=False)
     status = await editor.wait_for_state("error")
     assert "missing-model" in status["error"]
-    assert any(
-        message.type == types.MessageType.Error and "missing-model" in message.message
-        for message in editor.client.messages
-    )
+
+    def error_shown() -> bool:
+        return any(
+            message.type == types.MessageType.Error and "missing-model" in message.message
+            for message in editor.client.messages
+        )
+
+    for _ in range(100):
+        if error_shown():
+            break
+        await asyncio.sleep(0.05)
+    assert error_shown()
     editor.open(URI, TEXT)
     assert await editor.texts(URI, 5, 24) == []
 
