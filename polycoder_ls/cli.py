@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="TCP host (default: loopback)")
     parser.add_argument("--port", type=int, default=2087, help="TCP port (default: 2087)")
     parser.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
+    parser.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug)")
     commands = parser.add_subparsers(dest="command", metavar="{complete}")
     complete = commands.add_parser(
@@ -101,9 +102,10 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    from .engine import Engine
     from .server import create_server
 
-    server = create_server()
+    server = create_server(Engine(naive=args.naive))
     if args.tcp:
         log.info("listening on %s:%d", args.host, args.port)
         server.start_tcp(args.host, args.port)

@@ -181,6 +181,8 @@ class PolycoderLanguageServer(LanguageServer):
                 generated_tokens=stats.generated_tokens,
                 latency_ms=_ms_since(started),
                 cancelled=stats.cancelled,
+                prefill_ms=round(stats.prefill_ms, 2),
+                decode_ms=round(stats.decode_ms, 2),
             )
         )
         if stats.cancelled:

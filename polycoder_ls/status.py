@@ -17,6 +17,8 @@ class LastRequest:
     latency_ms: float = 0.0
     cache_hit: bool = False
     cancelled: bool = False
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
 
 
 @dataclass

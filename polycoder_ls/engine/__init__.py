@@ -41,8 +41,13 @@ class CompletionOutcome:
 class Engine:
     """Owns the inference worker and, through it, the model."""
 
-    def __init__(self, loader: Callable[[Settings], LoadedModel] = load_model) -> None:
+    def __init__(
+        self, loader: Callable[[Settings], LoadedModel] = load_model, naive: bool = False
+    ) -> None:
+        """`naive`: the benchmark's baseline, the design of the usual completion servers: no KV
+        reuse and no cancellation (a superseded request runs to its end)."""
         self._loader = loader
+        self._naive = naive
         self._worker = InferenceWorker()
         self._generator: Generator | None = None
         self._cancel_events: dict[str, threading.Event] = {}
@@ -63,7 +68,7 @@ class Engine:
             log.error("%s", error)
             self.status = EngineStatus("error", resolve_model(settings.model), error=str(error))
             return self.status
-        self._generator = Generator(loaded)
+        self._generator = Generator(loaded, reuse_kv=not self._naive)
         self.status = EngineStatus("ready", loaded.source, loaded.device, loaded.dtype_name)
         log.info("model ready: %s", self.status)
         return self.status
@@ -79,6 +84,8 @@ class Engine:
         return future, cancel
 
     def cancel(self, key: str) -> None:
+        if self._naive:
+            return
         if (event := self._cancel_events.pop(key, None)) is not None:
             event.set()
 
@@ -119,7 +126,8 @@ class Engine:
             return postprocess(text, cursor, settings.multiline, settings.stop)[1]
 
         params = DecodeParams(settings.max_new_tokens, settings.temperature, settings.top_p)
-        text, stats = generator.generate(key, prompt, params, finished, cancel.is_set)
+        cancelled = (lambda: False) if self._naive else cancel.is_set
+        text, stats = generator.generate(key, prompt, params, finished, cancelled)
         if stats.cancelled:
             return CompletionOutcome(None, stats)
         return CompletionOutcome(

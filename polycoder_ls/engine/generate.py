@@ -37,6 +37,8 @@ class GenerationStats:
     generated_tokens: int = 0
     latency_ms: float = 0.0
     cancelled: bool = False
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
 
 
 @dataclass
@@ -68,8 +70,9 @@ def _choose(logits: torch.Tensor, params: DecodeParams) -> int:
 class Generator:
     """Greedy or top-p decoding over one loaded model, with per-document KV reuse."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, reuse_kv: bool = True) -> None:
         self.loaded = loaded
+        self.reuse_kv = reuse_kv
         self._kept: OrderedDict[str, _KeptState] = OrderedDict()
 
     def forget(self, key: str) -> None:
@@ -104,6 +107,18 @@ class Generator:
         state.token_ids.extend(token_ids)
         return output.logits[0, -1, : self.loaded.vocab_limit]
 
+    def _prefill(
+        self, state: _KeptState, prompt: list[int], cancelled: Callable[[], bool]
+    ) -> torch.Tensor:
+        """Feed the prompt tokens the cache lacks, in chunks, checking for a cancel."""
+        logits = None
+        for start in range(len(state.token_ids), len(prompt), PREFILL_CHUNK_TOKENS):
+            if cancelled():
+                raise _Cancelled
+            logits = self._forward(state, prompt[start : start + PREFILL_CHUNK_TOKENS])
+        assert logits is not None, "_take_state leaves at least one prompt token to feed"
+        return logits
+
     def generate(
         self,
         key: str,
@@ -118,18 +133,12 @@ class Generator:
         state = self._take_state(key, prompt, params.max_new_tokens)
         reused = len(state.token_ids)
         generated: list[int] = []
-        text, was_cancelled = "", False
+        text, was_cancelled, prefilled = "", False, started
         try:
             with torch.inference_mode():
-                logits = None
-                for start in range(reused, len(prompt), PREFILL_CHUNK_TOKENS):
-                    if cancelled():
-                        raise _Cancelled
-                    logits = self._forward(state, prompt[start : start + PREFILL_CHUNK_TOKENS])
-                while logits is not None:
-                    token = _choose(logits, params)
-                    if token == self.loaded.eos_id:
-                        break
+                logits = self._prefill(state, prompt, cancelled)
+                prefilled = time.perf_counter()
+                while (token := _choose(logits, params)) != self.loaded.eos_id:
                     generated.append(token)
                     text = self.loaded.decode(generated)
                     if finished(text) or len(generated) >= params.max_new_tokens:
@@ -139,13 +148,17 @@ class Generator:
                     logits = self._forward(state, [token])
         except _Cancelled:
             was_cancelled = True
-        self._keep_state(key, state)
+        if self.reuse_kv:
+            self._keep_state(key, state)
+        ended = time.perf_counter()
         stats = GenerationStats(
             prompt_tokens=len(prompt),
             reused_tokens=reused,
             generated_tokens=len(generated),
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=(ended - started) * 1000,
             cancelled=was_cancelled,
+            prefill_ms=(max(prefilled, started) - started) * 1000,
+            decode_ms=(ended - max(prefilled, started)) * 1000 if prefilled > started else 0.0,
         )
         return ("" if was_cancelled else text), stats
 
