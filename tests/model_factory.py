@@ -65,15 +65,17 @@ def build_model(
     heads: int = 4,
     positions: int = 2048,
     seed: int = 0,
+    embedding_rows: int | None = None,
 ) -> Path:
-    """Write a tokenizer and a random-weight GPT-NeoX model to `out`; return `out`."""
+    """Write a tokenizer and a random-weight GPT-NeoX model to `out`; return `out`.
+    `embedding_rows` (default: the tokenizer's size + 47) sets the vocabulary of the model."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out, vocab_size)
     config = GPTNeoXConfig(
-        vocab_size=len(tokenizer) + EXTRA_EMBEDDING_ROWS,
+        vocab_size=embedding_rows or len(tokenizer) + EXTRA_EMBEDDING_ROWS,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,

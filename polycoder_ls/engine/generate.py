@@ -11,14 +11,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from .kv_cache import cache_nbytes, preallocated_cache
+from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
 from .loading import LoadedModel
 
-PREFILL_CHUNK_TOKENS = 512
+PREFILL_CHUNK_TOKENS = 256
 KEPT_DOCUMENT_CACHES = 4
 KEPT_CACHES_BUDGET_BYTES = 1024 * 1024 * 1024
 
@@ -74,6 +75,15 @@ class Generator:
         self.loaded = loaded
         self.reuse_kv = reuse_kv
         self._kept: OrderedDict[str, _KeptState] = OrderedDict()
+        self._cancelled: Callable[[], bool] = _never
+        # The cancel check also runs before every decoder layer: a cancel lands within one
+        # layer's work even in the middle of a prefill chunk.
+        for layer in _decoder_layers(loaded.model):
+            layer.register_forward_pre_hook(self._check_cancel)
+
+    def _check_cancel(self, *_: object) -> None:
+        if self._cancelled():
+            raise _Cancelled
 
     def forget(self, key: str) -> None:
         self._kept.pop(key, None)
@@ -101,9 +111,13 @@ class Generator:
 
     def _forward(self, state: _KeptState, token_ids: list[int]) -> torch.Tensor:
         inputs = torch.tensor([token_ids], device=self.loaded.device)
-        output = self.loaded.model(
-            input_ids=inputs, cache=state.cache, use_cache=True, logits_to_keep=1
-        )
+        try:
+            output = self.loaded.model(
+                input_ids=inputs, cache=state.cache, use_cache=True, logits_to_keep=1
+            )
+        except _Cancelled:
+            truncate_cache(state.cache, len(state.token_ids))
+            raise
         state.token_ids.extend(token_ids)
         return output.logits[0, -1, : self.loaded.vocab_limit]
 
@@ -134,6 +148,7 @@ class Generator:
         reused = len(state.token_ids)
         generated: list[int] = []
         text, was_cancelled, prefilled = "", False, started
+        self._cancelled = cancelled
         try:
             with torch.inference_mode():
                 logits = self._prefill(state, prompt, cancelled)
@@ -148,6 +163,8 @@ class Generator:
                     logits = self._forward(state, [token])
         except _Cancelled:
             was_cancelled = True
+        finally:
+            self._cancelled = _never
         if self.reuse_kv:
             self._keep_state(key, state)
         ended = time.perf_counter()
@@ -161,6 +178,17 @@ class Generator:
             decode_ms=(ended - max(prefilled, started)) * 1000 if prefilled > started else 0.0,
         )
         return ("" if was_cancelled else text), stats
+
+
+def _never() -> bool:
+    return False
+
+
+def _decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The model's decoder blocks (GPT-NeoX: gpt_neox.layers; GPT-2 style: transformer.h)."""
+    base = getattr(model, "base_model", model)
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
 
 
 class _Cancelled(Exception):

@@ -78,6 +78,13 @@ class PreallocatedLayer(DynamicLayer):
         self.length = max(0, self.length + tokens_to_remove)
         self._expose()
 
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` tokens (a forward interrupted midway leaves some
+        layers one chunk longer than others)."""
+        if self.is_initialized and self.length > length:
+            self.length = length
+            self._expose()
+
     def nbytes(self) -> int:
         if self._key_buffer is None or self._value_buffer is None:
             return 0
@@ -89,6 +96,12 @@ def preallocated_cache(num_layers: int, capacity: int) -> DynamicCache:
     cache = DynamicCache()
     cache.layers = [PreallocatedLayer(capacity) for _ in range(num_layers)]
     return cache
+
+
+def truncate_cache(cache: DynamicCache, length: int) -> None:
+    for layer in cache.layers:
+        if isinstance(layer, PreallocatedLayer):
+            layer.truncate(length)
 
 
 def cache_nbytes(cache: DynamicCache) -> int:

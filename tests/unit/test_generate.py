@@ -105,3 +105,23 @@ def test_preallocated_cache_matches_transformers_dynamic_cache(loaded):
     assert grown.get_seq_length() == reference.get_seq_length() == 200
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert cache_nbytes(grown) > 0
+
+
+def test_cancel_inside_a_forward_leaves_a_consistent_cache(loaded):
+    """A cancel that lands between two decoder layers of a prefill chunk: the next request
+    reuses only whole chunks and still gives the exact result."""
+    prompt = loaded.tokenize(Path(__file__).read_text())[0][:600]
+    generator = Generator(loaded)
+    layer_calls = 0
+
+    def cancel_in_second_chunk() -> bool:
+        nonlocal layer_calls
+        layer_calls += 1
+        return layer_calls > loaded.model.config.num_hidden_layers + 3
+
+    _, stats = generator.generate("doc", prompt, GREEDY, never, cancel_in_second_chunk)
+    assert stats.cancelled
+    text, stats = generator.generate("doc", prompt, GREEDY, never, never)
+    fresh, _ = Generator(loaded).generate("doc", prompt, GREEDY, never, never)
+    assert 0 < stats.reused_tokens < len(prompt) - 1
+    assert text == fresh

@@ -1,0 +1,435 @@
+"""Typing replay: real source files typed keystroke by keystroke through the real LSP over stdio.
+
+The client behaves like VS Code: a didChange per keystroke, an inline completion request after a
+debounce, $/cancelRequest for a superseded request, pauses at line ends. The same replay runs
+against polycoder-ls and against its naive baseline (`--naive`: no KV reuse, no completion cache,
+no cancellation: the design of the usual HTTP-backend completion servers), in one run.
+
+    python bench/typing_replay.py --shape 160m --out bench/results/160m.json
+
+Models: random-weight GPT-NeoX with PolyCoder's shapes (timing does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+SHAPES = {
+    "160m": {"hidden": 768, "layers": 12, "heads": 12},
+    "0.4b": {"hidden": 1024, "layers": 24, "heads": 16},
+}
+POLYCODER_EMBEDDING_ROWS = 50304
+DEBOUNCE_S = 0.075  # VS Code / Copilot
+KEY_DELAY_S = (0.08, 0.16)
+LINE_END_PAUSE_S = 3.0
+
+
+def source_files() -> list[tuple[str, Path]]:
+    """Real code that ships on this machine: Python stdlib, C headers, JavaScript from npm."""
+    stdlib = Path(os.__file__).parent
+    candidates = [
+        ("python", stdlib / "argparse.py"),
+        ("python", stdlib / "json" / "decoder.py"),
+        ("c", Path("/usr/include/stdio.h")),
+        ("c", Path("/usr/include/stdlib.h")),
+        (
+            "javascript",
+            ROOT / "editors/vscode/node_modules/vscode-languageclient/lib/common/client.js",
+        ),
+        (
+            "javascript",
+            ROOT / "editors/vscode/node_modules/vscode-jsonrpc/lib/common/connection.js",
+        ),
+    ]
+    return [(language, path) for language, path in candidates if path.exists()]
+
+
+@dataclass
+class Replay:
+    """What one server configuration did during the replay."""
+
+    pause_latencies_ms: list[float] = field(default_factory=list)
+    unanswered_pauses: int = 0
+    server_lasts: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+    cancels_sent: int = 0
+
+
+class Typist:
+    def __init__(self, client: LanguageClient, uri: str, text: str, replay: Replay) -> None:
+        self.client, self.uri, self.text, self.replay = client, uri, text, replay
+        self.version = 1
+        self.pending: tuple[str, asyncio.Future[Any]] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def position(self) -> types.Position:
+        lines = self.text.split("\n")
+        return types.Position(len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2)
+
+    def type_char(self, char: str) -> float:
+        start = self.position()
+        self.text += char
+        self.version += 1
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(
+                    uri=self.uri, version=self.version
+                ),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(start, start), text=char
+                    )
+                ],
+            )
+        )
+        self.cancel_pending()
+        return time.perf_counter()
+
+    def cancel_pending(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.pending is not None and not self.pending[1].done():
+            self.client.protocol.notify(
+                types.CANCEL_REQUEST, types.CancelParams(id=self.pending[0])
+            )
+            self.replay.cancels_sent += 1
+        self.pending = None
+
+    def schedule_request(self, keystroke_at: float, measure: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(DEBOUNCE_S, lambda: self.send_request(keystroke_at, measure))
+
+    def send_request(self, keystroke_at: float, measure: bool) -> None:
+        msg_id = str(uuid.uuid4())
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=self.uri),
+            position=self.position(),
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic
+            ),
+        )
+        future = asyncio.wrap_future(
+            self.client.protocol.send_request(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id
+            )
+        )
+        self.replay.requests += 1
+        self.pending = (msg_id, future)
+        future.add_done_callback(
+            lambda done: asyncio.ensure_future(self.answered(done, keystroke_at, measure))
+        )
+
+    async def answered(
+        self, future: asyncio.Future[Any], keystroke_at: float, measure: bool
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            if measure:  # the pause ended (the user typed on) before the suggestion came
+                self.replay.unanswered_pauses += 1
+                self.replay.pause_latencies_ms.append(LINE_END_PAUSE_S * 1000)
+            return
+        latency = (time.perf_counter() - keystroke_at) * 1000
+        status = await self.client.protocol.send_request_async("polycoder/status", {})
+        last = {key: getattr(status.last, key) for key in status.last._fields}
+        self.replay.server_lasts.append(last)
+        if measure:
+            self.replay.pause_latencies_ms.append(latency)
+
+
+async def replay_file(
+    client: LanguageClient,
+    path: Path,
+    language: str,
+    replay: Replay,
+    rng: random.Random,
+    context_lines: int,
+    typed_lines: int,
+) -> None:
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    start = min(context_lines, max(0, len(lines) - typed_lines - 1))
+    while start < len(lines) - typed_lines and not lines[start].strip():
+        start += 1
+    uri = path.as_uri()
+    prefix = "\n".join(lines[:start]) + "\n"
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id=language, version=1, text=prefix)
+        )
+    )
+    typist = Typist(client, uri, prefix, replay)
+    # Opening the file and placing the cursor: the editor asks once and the user waits for it.
+    await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=typist.position(),
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Invoked
+            ),
+        )
+    )
+    for line in lines[start : start + typed_lines]:
+        for index, char in enumerate(line + "\n"):
+            at_line_end = index == len(line) - 1 or (not line and char == "\n")
+            keystroke_at = typist.type_char(char)
+            typist.schedule_request(keystroke_at, measure=at_line_end)
+            await asyncio.sleep(LINE_END_PAUSE_S if at_line_end else rng.uniform(*KEY_DELAY_S))
+    typist.cancel_pending()
+    await asyncio.sleep(0.5)
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri))
+    )
+
+
+async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict[str, Any]:
+    client = LanguageClient("typing-replay", "1")
+    command = [sys.executable, "-m", "polycoder_ls", "--stdio"] + (["--naive"] if naive else [])
+    await client.start_io(*command)
+    settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
+    if naive:
+        settings["cache"] = {"size": 0}
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options=settings,
+            process_id=os.getpid(),
+        )
+    )
+    client.initialized(types.InitializedParams())
+    while (await client.protocol.send_request_async("polycoder/status", {})).state == "loading":
+        await asyncio.sleep(0.2)
+    replay, rng = Replay(), random.Random(args.seed)
+    for language, path in source_files()[: args.files]:
+        print(f"  {'naive' if naive else 'polycoder-ls'}: typing {path}", file=sys.stderr)
+        await replay_file(client, path, language, replay, rng, args.context_lines, args.typed_lines)
+    status = await client.protocol.send_request_async("polycoder/status", {})
+    peak_kib = _peak_memory_kib(client)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return summarise(replay, status, peak_kib)
+
+
+def _peak_memory_kib(client: LanguageClient) -> int:
+    server = getattr(client, "_server", None)
+    status = Path(f"/proc/{server.pid}/status").read_text() if server else ""
+    return next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
+    )
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def summarise(replay: Replay, status: Any, peak_kib: int) -> dict[str, Any]:
+    runs = [last for last in replay.server_lasts if not last["cacheHit"] and not last["cancelled"]]
+    hits = [last for last in replay.server_lasts if last["cacheHit"]]
+    prefill_share = [
+        (r["promptTokens"] - r["reusedTokens"]) / r["promptTokens"]
+        for r in runs
+        if r["promptTokens"]
+    ]
+    decode_per_token = [
+        r["decodeMs"] / (r["generatedTokens"] - 1) for r in runs if r["generatedTokens"] > 1
+    ]
+    totals = {key: getattr(status.totals, key) for key in status.totals._fields}
+    return {
+        # Unanswered pauses count as the pause length: a lower bound of their latency.
+        "pauseToSuggestionMs": {
+            "p50": _percentile(replay.pause_latencies_ms, 0.5),
+            "p95": _percentile(replay.pause_latencies_ms, 0.95),
+            "n": len(replay.pause_latencies_ms),
+            "unanswered": replay.unanswered_pauses,
+        },
+        "prefillShareOfPrompt": {
+            "p50": _percentile(prefill_share, 0.5),
+            "mean": round(statistics.fmean(prefill_share), 4) if prefill_share else None,
+        },
+        "promptTokens": {"p50": _percentile([r["promptTokens"] for r in runs], 0.5)},
+        "decodeMsPerToken": {"p50": _percentile(decode_per_token, 0.5)},
+        "typeThroughServerMs": {
+            "p50": _percentile([h["latencyMs"] for h in hits], 0.5),
+            "n": len(hits),
+        },
+        "cacheHitRate": round(totals["cacheHits"] / max(1, totals["requests"]), 3),
+        "requests": replay.requests,
+        "cancelsSent": replay.cancels_sent,
+        "serverTotals": totals,
+        "peakMemoryMiB": round(peak_kib / 1024, 1),
+    }
+
+
+def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """In-process: memory bandwidth, the decode floor, and cancel-to-stop times."""
+    import torch
+
+    from polycoder_ls.config import Settings
+    from polycoder_ls.engine.generate import DecodeParams, Generator
+    from polycoder_ls.engine.loading import load_model
+
+    loaded = load_model(Settings(model=str(model), threads=args.threads))
+    buffer = torch.ones(128 * 1024 * 1024)  # 512 MiB
+    buffer.sum()
+    started = time.perf_counter()
+    for _ in range(5):
+        buffer.sum()
+    bandwidth = 5 * buffer.nbytes / (time.perf_counter() - started)
+    del buffer
+    config = loaded.model.config
+    weight_bytes = sum(
+        p.nbytes for name, p in loaded.model.named_parameters() if "embed_in" not in name
+    )
+    context = 1900
+    kv_bytes = config.num_hidden_layers * 2 * context * config.hidden_size * 4
+    floor_ms = (weight_bytes + kv_bytes) / bandwidth * 1000
+
+    generator = Generator(loaded)
+    prompt = [3 + (i * 7919) % (loaded.vocab_limit - 3) for i in range(context)]
+    greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
+    _, stats = generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
+    _, stats = generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
+    decode_ms = stats.decode_ms / max(1, stats.generated_tokens - 1)
+
+    rng = random.Random(args.seed)
+    stop_ms = [
+        _cancel_to_stop_ms(generator, prompt[: 1000 + trial], rng.uniform(0.2, 3.0))
+        for trial in range(args.cancel_trials)
+    ]
+    return {
+        "bandwidthGBps": round(bandwidth / 1e9, 2),
+        "weightBytes": weight_bytes,
+        "decodeFloorMsAt1900": round(floor_ms, 2),
+        "decodeMsPerTokenAt1900": round(decode_ms, 2),
+        "decodeVsFloor": round(decode_ms / floor_ms, 3),
+        "cancelToStopMs": {
+            "p50": _percentile(stop_ms, 0.5),
+            "p95": _percentile(stop_ms, 0.95),
+            "n": len(stop_ms),
+        },
+    }
+
+
+def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> float:
+    """Start a long generation (a fresh document: prefill, then decode), cancel it after
+    `delay_s`, and time how long it takes to stop."""
+    import threading
+
+    from polycoder_ls.engine.generate import DecodeParams
+
+    cancel = threading.Event()
+    stopped: list[float] = []
+    long = DecodeParams(max_new_tokens=400, temperature=0.0, top_p=1.0)
+
+    def run() -> None:
+        generator.generate(str(uuid.uuid4()), prompt, long, lambda text: False, cancel.is_set)
+        stopped.append(time.perf_counter())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(delay_s)
+    cancelled_at = time.perf_counter()
+    cancel.set()
+    worker.join()
+    return (stopped[0] - cancelled_at) * 1000
+
+
+def build(shape: str, directory: Path) -> Path:
+    from model_factory import build_model
+
+    out = directory / f"polycoder-{shape}-shape"
+    if not (out / "config.json").exists():
+        build_model(out, vocab_size=8192, embedding_rows=POLYCODER_EMBEDDING_ROWS, **SHAPES[shape])
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="160m")
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument(
+        "--context-lines", type=int, default=400, help="lines open before typing starts"
+    )
+    parser.add_argument("--typed-lines", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cancel-trials", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    model = build(args.shape, args.models)
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "model": {
+            "shape": args.shape,
+            **SHAPES[args.shape],
+            "embeddingRows": POLYCODER_EMBEDDING_ROWS,
+            "dtype": "float32",
+            "threads": args.threads,
+        },
+        "client": {
+            "debounceMs": DEBOUNCE_S * 1000,
+            "keyDelayMs": [d * 1000 for d in KEY_DELAY_S],
+            "lineEndPauseMs": LINE_END_PAUSE_S * 1000,
+        },
+        "polycoderLs": asyncio.run(run_server(model, naive=False, args=args)),
+        "naive": asyncio.run(run_server(model, naive=True, args=args)),
+        "engine": measure_engine(model, args),
+    }
+    ours, naive = result["polycoderLs"], result["naive"]
+    result["ratios"] = {
+        "pauseP50VsNaive": round(
+            ours["pauseToSuggestionMs"]["p50"] / naive["pauseToSuggestionMs"]["p50"], 3
+        ),
+        "pauseP95VsNaive": round(
+            ours["pauseToSuggestionMs"]["p95"] / naive["pauseToSuggestionMs"]["p95"], 3
+        ),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratios"]))
+
+
+if __name__ == "__main__":
+    main()
