@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL ?= .demo/model
 DEMO_FILE ?= tests/data/example.py:10:21
 
-.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix readme-table clean
+.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ editors: editor-tools vsix
 
 test: lint typecheck editor-tools vsix
 	$(BIN)/pytest -q
+
+# Typing replay through the real LSP, polycoder-ls vs its naive baseline (minutes, not for CI).
+bench: venv editors/vscode/node_modules/.package-lock.json
+	$(BIN)/python bench/typing_replay.py --shape 160m --out bench/results/160m-cpu.json
+	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --out bench/results/0.4b-cpu.json
+	$(BIN)/python bench/report.py bench/results/160m-cpu.json bench/results/0.4b-cpu.json
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"

@@ -1,0 +1,68 @@
+"""Decode time per token at long context: transformers' DynamicCache (torch.cat per step) vs
+polycoder-ls's in-place KV layers, same model, same process.
+
+    python bench/decode_cache.py [--shape 160m] [--context 1900] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from typing_replay import SHAPES, build
+
+from polycoder_ls.config import Settings
+from polycoder_ls.engine.kv_cache import preallocated_cache
+from polycoder_ls.engine.loading import load_model
+
+
+def decode_ms(model, cache, ids: torch.Tensor, steps: int) -> float:
+    with torch.inference_mode():
+        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        token = torch.tensor([[5]])
+        for _ in range(3):
+            model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+        started = time.perf_counter()
+        for _ in range(steps):
+            model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="160m")
+    parser.add_argument("--context", type=int, default=1900)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
+    args = parser.parse_args()
+    loaded = load_model(Settings(model=str(build(args.shape, args.models)), threads=args.threads))
+    ids = torch.tensor([[3 + (i * 7919) % 8000 for i in range(args.context)]])
+    layers = loaded.model.config.num_hidden_layers
+    dynamic = decode_ms(loaded.model, DynamicCache(config=loaded.model.config), ids, args.steps)
+    in_place = decode_ms(
+        loaded.model, preallocated_cache(layers, args.context + 64), ids, args.steps
+    )
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "context": args.context,
+                "dynamicCacheMsPerToken": round(dynamic, 2),
+                "inPlaceMsPerToken": round(in_place, 2),
+                "ratio": round(in_place / dynamic, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
