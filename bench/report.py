@@ -88,10 +88,15 @@ def render(result: dict[str, Any]) -> str:
             "",
         ),
     ]
+    shape = f"{model['shape']} shape ({model['layers']} layers, hidden {model['hidden']})"
+    gpu = machine["gpu"] or "none"
+    cancel = engine["cancelToStopMs"]
+    decode = f"{engine['decodeMsPerTokenAt1900']} ms/token ({engine['decodeVsFloor']} x the floor)"
     lines = [
-        f"### {model['shape']} shape ({model['layers']} layers, hidden {model['hidden']}), {model['dtype']}, {model['threads']} threads",
+        f"### {shape}, {model['dtype']}, {model['threads']} threads",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; torch {machine['torch']}, Python {machine['python']}.",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {gpu}; "
+        f"torch {machine['torch']}, Python {machine['python']}.",
         f"Command: `{result['command']}`",
         "",
         "| measure | polycoder-ls | naive baseline | ratio |",
@@ -103,9 +108,10 @@ def render(result: dict[str, Any]) -> str:
         "| measure | value |",
         "|---|---|",
         f"| measured memory bandwidth | {engine['bandwidthGBps']} GB/s |",
-        f"| decode floor (weights + KV read / bandwidth) | {engine['decodeFloorMsAt1900']} ms/token |",
-        f"| decode measured | {engine['decodeMsPerTokenAt1900']} ms/token ({engine['decodeVsFloor']} x the floor) |",
-        f"| cancel-to-stop p50 / p95 (n={engine['cancelToStopMs']['n']}) | {engine['cancelToStopMs']['p50']} / {engine['cancelToStopMs']['p95']} ms |",
+        "| decode floor (weights + KV read / bandwidth) | "
+        f"{engine['decodeFloorMsAt1900']} ms/token |",
+        f"| decode measured | {decode} |",
+        f"| cancel-to-stop p50 / p95 (n={cancel['n']}) | {cancel['p50']} / {cancel['p95']} ms |",
         "",
     ]
     return "\n".join(lines)
