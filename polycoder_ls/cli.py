@@ -61,6 +61,20 @@ def _parse_target(target: str) -> tuple[Path, int, int]:
     return Path(path), line, column
 
 
+def _complete_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    overrides = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "maxNewTokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "multiline": args.multiline,
+    }
+    return apply_settings(
+        Settings(), {key: value for key, value in overrides.items() if value is not None}
+    )
+
+
 def run_complete(args: argparse.Namespace) -> int:
     from .documents import Document, cursor_at
     from .engine import Engine
@@ -71,17 +85,7 @@ def run_complete(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"polycoder-ls complete: {error}", file=sys.stderr)
         return 2
-    overrides = {
-        "model": args.model,
-        "device": args.device,
-        "dtype": args.dtype,
-        "maxNewTokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "multiline": args.multiline,
-    }
-    settings, problems = apply_settings(
-        Settings(), {key: value for key, value in overrides.items() if value is not None}
-    )
+    settings, problems = _complete_settings(args)
     if problems:
         print("polycoder-ls complete: " + "; ".join(problems), file=sys.stderr)
         return 2
