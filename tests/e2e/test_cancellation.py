@@ -77,10 +77,11 @@ async def test_server_answers_while_a_generation_runs(editor, slow_model):
     editor.open(URI, LONG_SOURCE + "def tail(x):\n    ")
     running = editor.inline_request(URI, LONG_SOURCE.count("\n") + 1, 4)
     await asyncio.sleep(0.05)
-    editor.edit(URI, (0, 0), (0, 0), "# edited\n")
     status = await editor.status()
     assert status["state"] == "ready"
     assert not running.done(), "status must not wait for the generation"
+    editor.edit(URI, (0, 0), (0, 0), "# edited\n")
     result = await _await(running)
-    # The edit made the running request stale: it returns nothing.
+    # The edit made the running request stale: it stops and returns nothing.
     assert list(result.items) == []
+    assert (await editor.status())["totals"]["cancelled"] == 1
