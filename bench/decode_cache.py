@@ -1,7 +1,9 @@
 """Decode time per token at long context: transformers' DynamicCache (torch.cat per step) vs
 polycoder-ls's in-place KV layers, same model, same process.
 
-    python bench/decode_cache.py [--shape 160m] [--context 1900] [--steps 20]
+    python bench/decode_cache.py [--shape 160m] [--context 1900] [--steps 20] [--profile]
+
+--profile adds where one decode step's time goes (torch.profiler, in-place cache).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def decode_ms(model, cache, ids: torch.Tensor, steps: int) -> float:
     return (time.perf_counter() - started) / steps * 1000
 
 
+def profile(model, cache, ids: torch.Tensor, steps: int) -> None:
+    """Milliseconds per decode step by operator (self CPU time), on stderr."""
+    with torch.inference_mode():
+        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        token = torch.tensor([[5]])
+        with torch.profiler.profile() as profiler:
+            for _ in range(steps):
+                model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+    for event in sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)[:6]:
+        print(
+            f"{event.key:55s} {event.self_cpu_time_total / 1000 / steps:7.2f} ms/step",
+            file=sys.stderr,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="160m")
@@ -43,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     loaded = load_model(Settings(model=str(build(args.shape, args.models)), threads=args.threads))
     ids = torch.tensor([[3 + (i * 7919) % 8000 for i in range(args.context)]])
@@ -51,6 +69,8 @@ def main() -> None:
     in_place = decode_ms(
         loaded.model, preallocated_cache(layers, args.context + 64), ids, args.steps
     )
+    if args.profile:
+        profile(loaded.model, preallocated_cache(layers, args.context + 64), ids, args.steps)
     print(
         json.dumps(
             {
