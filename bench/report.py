@@ -19,13 +19,21 @@ def _ms2(value: Any) -> str:
     return "- (no type-through in this run)" if value is None else f"{value:.2f} ms"
 
 
-def _pause(summary: dict[str, Any], key: str) -> str:
-    """Unanswered pauses are recorded as the pause length: where the percentile falls on one,
-    it is only a lower bound."""
+def _censored(summary: dict[str, Any], key: str) -> bool:
+    """Unanswered pauses are recorded as the pause length: a percentile that falls on one is
+    only a lower bound."""
     pause = summary["pauseToSuggestionMs"]
     rank = min(pause["n"] - 1, int({"p50": 0.5, "p95": 0.95}[key] * pause["n"]))
-    bound = "≥ " if rank >= pause["n"] - pause["unanswered"] else ""
-    return bound + _ms(pause[key])
+    return rank >= pause["n"] - pause["unanswered"]
+
+
+def _pause(summary: dict[str, Any], key: str) -> str:
+    return ("≥ " if _censored(summary, key) else "") + _ms(summary["pauseToSuggestionMs"][key])
+
+
+def _ratio(result: dict[str, Any], key: str) -> str:
+    bound = "≤ " if _censored(result["naive"], key) else ""
+    return f"{bound}{result['ratios'][f'pause{key.upper()}VsNaive']:.2f} x"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -36,13 +44,13 @@ def render(result: dict[str, Any]) -> str:
             "pause-to-suggestion p50",
             _pause(ours, "p50"),
             _pause(naive, "p50"),
-            f"≤ {result['ratios']['pauseP50VsNaive']:.2f} x",
+            _ratio(result, "p50"),
         ),
         (
             "pause-to-suggestion p95",
             _pause(ours, "p95"),
             _pause(naive, "p95"),
-            f"≤ {result['ratios']['pauseP95VsNaive']:.2f} x",
+            _ratio(result, "p95"),
         ),
         (
             "pauses left unanswered",

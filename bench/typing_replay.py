@@ -39,7 +39,7 @@ SHAPES = {
 POLYCODER_EMBEDDING_ROWS = 50304
 DEBOUNCE_S = 0.075  # VS Code / Copilot
 KEY_DELAY_S = (0.08, 0.16)
-LINE_END_PAUSE_S = 3.0
+LINE_END_PAUSE_S = 3.0  # default of --line-end-pause
 
 
 def source_files() -> list[tuple[str, Path]]:
@@ -66,6 +66,7 @@ def source_files() -> list[tuple[str, Path]]:
 class Replay:
     """What one server configuration did during the replay."""
 
+    pause_s: float = LINE_END_PAUSE_S
     pause_latencies_ms: list[float] = field(default_factory=list)
     unanswered_pauses: int = 0
     server_lasts: list[dict[str, Any]] = field(default_factory=list)
@@ -143,7 +144,7 @@ class Typist:
         if future.cancelled() or future.exception() is not None:
             if measure:  # the pause ended (the user typed on) before the suggestion came
                 self.replay.unanswered_pauses += 1
-                self.replay.pause_latencies_ms.append(LINE_END_PAUSE_S * 1000)
+                self.replay.pause_latencies_ms.append(self.replay.pause_s * 1000)
             return
         latency = (time.perf_counter() - keystroke_at) * 1000
         status = await self.client.protocol.send_request_async("polycoder/status", {})
@@ -189,7 +190,7 @@ async def replay_file(
             at_line_end = index == len(line) - 1 or (not line and char == "\n")
             keystroke_at = typist.type_char(char)
             typist.schedule_request(keystroke_at, measure=at_line_end)
-            await asyncio.sleep(LINE_END_PAUSE_S if at_line_end else rng.uniform(*KEY_DELAY_S))
+            await asyncio.sleep(replay.pause_s if at_line_end else rng.uniform(*KEY_DELAY_S))
     typist.cancel_pending()
     await asyncio.sleep(0.5)
     client.text_document_did_close(
@@ -214,7 +215,7 @@ async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict
     client.initialized(types.InitializedParams())
     while (await client.protocol.send_request_async("polycoder/status", {})).state == "loading":
         await asyncio.sleep(0.2)
-    replay, rng = Replay(), random.Random(args.seed)
+    replay, rng = Replay(pause_s=args.line_end_pause), random.Random(args.seed)
     for language, path in source_files()[: args.files]:
         print(f"  {'naive' if naive else 'polycoder-ls'}: typing {path}", file=sys.stderr)
         await replay_file(client, path, language, replay, rng, args.context_lines, args.typed_lines)
@@ -390,6 +391,7 @@ def main() -> None:
         "--context-lines", type=int, default=400, help="lines open before typing starts"
     )
     parser.add_argument("--typed-lines", type=int, default=2)
+    parser.add_argument("--line-end-pause", type=float, default=LINE_END_PAUSE_S, help="seconds")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cancel-trials", type=int, default=10)
@@ -411,7 +413,7 @@ def main() -> None:
         "client": {
             "debounceMs": DEBOUNCE_S * 1000,
             "keyDelayMs": [d * 1000 for d in KEY_DELAY_S],
-            "lineEndPauseMs": LINE_END_PAUSE_S * 1000,
+            "lineEndPauseMs": args.line_end_pause * 1000,
         },
         "polycoderLs": asyncio.run(run_server(model, naive=False, args=args)),
         "naive": asyncio.run(run_server(model, naive=True, args=args)),
