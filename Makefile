@@ -62,8 +62,10 @@ test: lint typecheck editor-tools vsix
 bench: venv editors/vscode/node_modules/.package-lock.json
 	$(BIN)/python bench/typing_replay.py --shape 160m --line-end-pause 10 --files 4 --out bench/results/160m-cpu-long-pauses.json
 	$(BIN)/python bench/typing_replay.py --shape 160m --out bench/results/160m-cpu.json
+	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --line-end-pause 10 --out bench/results/0.4b-cpu-long-pauses.json
 	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --out bench/results/0.4b-cpu.json
-	$(BIN)/python bench/report.py bench/results/160m-cpu-long-pauses.json bench/results/160m-cpu.json bench/results/0.4b-cpu.json
+	$(BIN)/python bench/report.py bench/results/160m-cpu-long-pauses.json bench/results/160m-cpu.json \
+	  bench/results/0.4b-cpu-long-pauses.json bench/results/0.4b-cpu.json
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"
