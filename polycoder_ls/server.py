@@ -173,19 +173,8 @@ class PolycoderLanguageServer(LanguageServer):
             cancel.set()
             self.metrics.record(LastRequest(cancelled=True, latency_ms=_ms_since(started)))
             raise
-        stats = outcome.stats
-        self.metrics.record(
-            LastRequest(
-                prompt_tokens=stats.prompt_tokens,
-                reused_tokens=stats.reused_tokens,
-                generated_tokens=stats.generated_tokens,
-                latency_ms=_ms_since(started),
-                cancelled=stats.cancelled,
-                prefill_ms=round(stats.prefill_ms, 2),
-                decode_ms=round(stats.decode_ms, 2),
-            )
-        )
-        if stats.cancelled:
+        self.metrics.record(LastRequest.of_generation(outcome.stats, _ms_since(started)))
+        if outcome.stats.cancelled:
             return None
         if settings is self.settings:
             self.cache.store(uri, cursor, outcome.suggestion)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .config import Settings, camel_case
 from .engine import EngineStatus
+from .engine.generate import GenerationStats
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,14 @@ class LastRequest:
     cancelled: bool = False
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+
+    @classmethod
+    def of_generation(cls, stats: GenerationStats, latency_ms: float) -> LastRequest:
+        rounded: dict[str, Any] = {
+            name: round(value, 2) if isinstance(value, float) else value
+            for name, value in asdict(stats).items()
+        }
+        return cls(**rounded, latency_ms=latency_ms)
 
 
 @dataclass

@@ -45,7 +45,8 @@ class Engine:
         self, loader: Callable[[Settings], LoadedModel] = load_model, naive: bool = False
     ) -> None:
         """`naive`: the benchmark's baseline, the design of the usual completion servers: no KV
-        reuse and no cancellation (a superseded request runs to its end)."""
+        reuse, and a started generation always runs to its end (a cancelled request that has
+        not started yet is still dropped)."""
         self._loader = loader
         self._naive = naive
         self._worker = InferenceWorker()
@@ -84,8 +85,6 @@ class Engine:
         return future, cancel
 
     def cancel(self, key: str) -> None:
-        if self._naive:
-            return
         if (event := self._cancel_events.pop(key, None)) is not None:
             event.set()
 

@@ -36,7 +36,6 @@ class GenerationStats:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_tokens: int = 0
-    latency_ms: float = 0.0
     cancelled: bool = False
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
@@ -172,7 +171,6 @@ class Generator:
             prompt_tokens=len(prompt),
             reused_tokens=reused,
             generated_tokens=len(generated),
-            latency_ms=(ended - started) * 1000,
             cancelled=was_cancelled,
             prefill_ms=(max(prefilled, started) - started) * 1000,
             decode_ms=(ended - max(prefilled, started)) * 1000 if prefilled > started else 0.0,
