@@ -125,3 +125,13 @@ def test_cancel_inside_a_forward_leaves_a_consistent_cache(loaded):
     fresh, _ = Generator(loaded).generate("doc", prompt, GREEDY, never, never)
     assert 0 < stats.reused_tokens < len(prompt) - 1
     assert text == fresh
+
+
+def test_typing_through_a_suggestion_reuses_its_generated_tokens(loaded):
+    text = "def main():\n    print('hello')\n"
+    generator = Generator(loaded)
+    suggestion, first = generator.generate("doc", loaded.tokenize(text)[0], GREEDY, never, never)
+    assert first.generated_tokens >= 4, "the tiny model should write a few tokens"
+    typed = text + suggestion[: len(suggestion) // 2]
+    _, stats = generator.generate("doc", loaded.tokenize(typed)[0], GREEDY, never, never)
+    assert stats.reused_tokens > first.prompt_tokens
