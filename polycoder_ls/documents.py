@@ -11,6 +11,9 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+from .indentation import IndentStyle, detect_indent
+from .languages import PLAIN_TEXT, Language, language_of_document
+
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
 
@@ -99,6 +102,8 @@ class Cursor:
     prefix: str
     line_suffix: str
     following_text: str
+    language: Language = PLAIN_TEXT
+    indent: IndentStyle | None = None
 
     @property
     def line_prefix(self) -> str:
@@ -106,14 +111,19 @@ class Cursor:
 
 
 FOLLOWING_TEXT_CHARS = 4000
+INDENT_SAMPLE_CHARS = 20000
 
 
 def cursor_at(document: Document, offset: int) -> Cursor:
     line_end = document.line_end_offset(offset)
+    following_text = document.text[line_end : line_end + FOLLOWING_TEXT_CHARS]
     return Cursor(
         prefix=document.text[:offset],
         line_suffix=document.text[offset:line_end],
-        following_text=document.text[line_end : line_end + FOLLOWING_TEXT_CHARS],
+        following_text=following_text,
+        language=language_of_document(document.language_id, document.uri),
+        indent=detect_indent(document.text[max(0, offset - INDENT_SAMPLE_CHARS) : line_end])
+        or detect_indent(following_text),
     )
 
 

@@ -3,6 +3,10 @@
 Pure functions of the raw text, the cursor and the settings. `finished` tells the decoder when
 more tokens can no longer change the result, so generation stops early with exactly the
 suggestion a full-length generation would have given.
+
+PolyCoder writes left to right only, so the text after the cursor is used to trim and filter:
+the rest of the line (closers are replaced through the item's range, anything else means no
+mid-line suggestion), the next lines (never repeated, closing lines never duplicated).
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .documents import Cursor
+from .indentation import IndentStyle, reindent, style_of_lines
+from .languages import Language
 
-BLOCK_OPENERS = (":", "{", "(", "[", "=>")
 CLOSERS_AND_PUNCTUATION = set(")]}>\"'`;,.: \t")
 CLOSING_LINE_CHARS = set(")]}>;, \t")
+OPENING_BRACKETS, CLOSING_BRACKETS = "([{", ")]}"
 REPLACEMENT_CHARACTER = "\ufffd"
+SPECIAL_TOKEN_TEXT = ("<|endoftext|>", "<|padding|>", "<|separator|>", "<fim_", "<|fim")
+REPEATED_BLOCK_LINES = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -30,13 +38,36 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
+def _is_closers_only(text: str) -> bool:
+    return set(text) <= CLOSERS_AND_PUNCTUATION
+
+
+def _is_closing_line(line: str, language: Language) -> bool:
+    stripped = line.strip()
+    if language.block_closer and stripped == language.block_closer:
+        return True
+    return bool(stripped) and set(stripped) <= CLOSING_LINE_CHARS
+
+
+def _in_line_comment(cursor: Cursor) -> bool:
+    comment = cursor.language.line_comment
+    return bool(comment) and cursor.line_prefix.lstrip().startswith(comment)
+
+
+def _opens_block(cursor: Cursor) -> bool:
+    return bool(cursor.language.opens_block.search(cursor.line_prefix.rstrip()))
+
+
 def wants_multiline(cursor: Cursor, mode: str) -> bool:
+    """Several lines for an empty line or after a block opener, and between braces the editor
+    closed (`{|}`); one line elsewhere."""
     if mode != "auto":
         return mode == "always"
-    if cursor.line_suffix.strip():
+    if _in_line_comment(cursor):
         return False
-    before = cursor.line_prefix.rstrip()
-    return not before or before.endswith(BLOCK_OPENERS)
+    if cursor.line_suffix.strip():
+        return _is_closers_only(cursor.line_suffix) and cursor.line_prefix.rstrip().endswith("{")
+    return not cursor.line_prefix.strip() or _opens_block(cursor)
 
 
 def _cut_at_stop_strings(raw: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -53,41 +84,153 @@ def _cut_at_undecodable(raw: str) -> tuple[str, bool]:
     return raw[:index], bool(raw[index:].strip(REPLACEMENT_CHARACTER))
 
 
+def bracket_delta(line: str, language: Language) -> tuple[int, int]:
+    """(depth at the end, lowest depth) of `line`'s brackets outside strings and comments."""
+    depth = lowest = 0
+    quote = ""
+    escaped = False
+    for index, char in enumerate(line):
+        if quote:
+            escaped = not escaped and char == "\\"
+            if char == quote and not escaped:
+                quote = ""
+            continue
+        if language.line_comment and line.startswith(language.line_comment, index):
+            break
+        if char in language.quotes:
+            quote, escaped = char, False
+        elif char in OPENING_BRACKETS:
+            depth += 1
+        elif char in CLOSING_BRACKETS:
+            depth -= 1
+            lowest = min(lowest, depth)
+    return depth, lowest
+
+
 def _block_lines(lines: list[str], cursor: Cursor) -> tuple[list[str], bool]:
-    """Keep the lines inside the cursor's block; True when a later line ended it."""
+    """Keep the lines inside the cursor's block; True when a later line ended it.
+
+    A block ends at a blank line after content, at a line indented less than the cursor's
+    line (or not more, after a block opener), at a new top-level definition after a block body,
+    and, in bracket
+    languages, at a bracket closing a block opened before the cursor. The line closing the
+    block the cursor's line opened is kept."""
+    language = cursor.language
     line_indent = _indent(cursor.line_prefix)
-    opens_block = cursor.line_prefix.rstrip().endswith(BLOCK_OPENERS)
+    if not cursor.line_prefix.strip() and lines[0].strip():
+        line_indent = _indent(cursor.line_prefix + lines[0])
+    opens = _opens_block(cursor)
+    depth = bracket_delta(lines[0], language)[0]
     seen_content = bool(lines[0].strip())
+    seen_body = line_indent > 0
     for number, line in enumerate(lines[1:], start=1):
         if not line.strip():
             if seen_content:
                 return lines[:number], True
             continue
         indent = _indent(line)
-        if opens_block and indent == line_indent and set(line) <= CLOSING_LINE_CHARS:
+        closes_own_block = opens and indent == line_indent and _is_closing_line(line, language)
+        if language.braces:
+            change, lowest = bracket_delta(line, language)
+            if depth + lowest < 0:
+                return (lines[: number + 1] if closes_own_block else lines[:number]), True
+            depth += change
+        if closes_own_block:
             return lines[: number + 1], True
-        if indent < line_indent or (opens_block and indent <= line_indent):
+        if indent < line_indent or (opens and indent <= line_indent):
+            return lines[:number], True
+        if indent == 0 and seen_body and language.top_level.match(line):
             return lines[:number], True
         seen_content = True
+        seen_body = seen_body or indent > 0
     return lines, False
 
 
-def _trimmed_text(raw: str, cursor: Cursor, multiline: bool) -> tuple[str, bool]:
-    """The suggestion text before suffix handling, and whether it can no longer grow."""
-    raw = raw.replace("\r\n", "\n")
-    lines = raw.split("\n")
-    complete_lines, partial = lines[:-1], lines[-1:]
+def _trimmed_lines(
+    raw: str, cursor: Cursor, multiline: bool, final: bool
+) -> tuple[list[str], bool]:
+    """The suggestion's lines before filtering, and whether they can no longer grow."""
+    lines = _to_document_indent(raw.replace("\r\n", "\n").split("\n"), cursor.indent)
     if not multiline:
-        return lines[0], len(lines) > 1
+        return lines[:1], len(lines) > 1
+    complete_lines = lines if final else lines[:-1]
     kept, ended = _block_lines(complete_lines or [""], cursor)
     if not ended:
-        kept = complete_lines + partial
-    return "\n".join(line.rstrip() for line in kept), ended
+        return [line.rstrip() for line in complete_lines] + lines[len(complete_lines) :], False
+    return [line.rstrip() for line in kept], True
 
 
-def _is_subsequence(needle: str, haystack: str) -> bool:
-    characters = iter(haystack)
-    return all(char in characters for char in needle)
+def _repetition_start(lines: list[str]) -> int | None:
+    """Where a line or block of lines starts repeating itself, if anywhere."""
+    for start in range(1, len(lines)):
+        for size in REPEATED_BLOCK_LINES:
+            block = lines[start - size : start]
+            if (
+                start >= size
+                and block == lines[start : start + size]
+                and not all(_is_closers_only(line.strip()) for line in block)
+            ):
+                return start
+    return None
+
+
+def _lines_below(cursor: Cursor) -> list[str]:
+    """The non-blank lines after the cursor's line."""
+    return [line.rstrip() for line in cursor.following_text.split("\n")[1:] if line.strip()]
+
+
+def _repeats_code_below(lines: list[str], below: list[str]) -> int | None:
+    """The first suggested line (after the first) that is the next line of the document."""
+    if not below:
+        return None
+    for number, line in enumerate(lines[1:], start=1):
+        if line.strip() and line.strip() == below[0].strip():
+            return number
+    return None
+
+
+def _without_duplicate_closers(lines: list[str], below: list[str], cursor: Cursor) -> list[str]:
+    """Drop trailing closing lines that the document already has right below."""
+    for count in range(len(lines) - 1, 0, -1):
+        tail = lines[-count:]
+        if all(_is_closing_line(line, cursor.language) for line in tail) and (
+            tail == below[:count]
+        ):
+            return lines[:-count]
+    return lines
+
+
+def _filtered(lines: list[str], cursor: Cursor, final: bool) -> tuple[list[str], bool]:
+    """Cut repetition and code that is already below; True when the cut is final."""
+    complete = lines if final else lines[:-1]
+    whole_lines = [cursor.line_prefix + line for line in complete[:1]] + complete[1:]
+    below = _lines_below(cursor)
+    cuts = [
+        cut
+        for cut in (_repetition_start(whole_lines), _repeats_code_below(whole_lines, below))
+        if cut is not None
+    ]
+    if cuts:
+        return lines[: min(cuts)], True
+    if final:
+        lines = _without_duplicate_closers(lines, below, cursor)
+    return lines, False
+
+
+def _equals_next_line(text: str, cursor: Cursor) -> bool:
+    below = _lines_below(cursor)
+    whole_line = (cursor.line_prefix + text.split("\n")[0]).strip()
+    return bool(below) and "\n" not in text.strip("\n") and whole_line == below[0].strip()
+
+
+def _to_document_indent(lines: list[str], style: IndentStyle | None) -> list[str]:
+    """Re-indent lines written with tabs for a spaces document, or the other way round."""
+    if style is None or len(lines) < 2:
+        return lines
+    suggested = style_of_lines(lines[1:])
+    if suggested is None or suggested.tabs == style.tabs:
+        return lines
+    return lines[:1] + [reindent(line, suggested, style) for line in lines[1:]]
 
 
 def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
@@ -98,7 +241,7 @@ def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
         return None
     if not suffix.strip():
         return Suggestion(text, len(suffix))
-    if not set(suffix) <= CLOSERS_AND_PUNCTUATION:
+    if not _is_closers_only(suffix):
         return None
     closers = suffix.replace(" ", "").replace("\t", "")
     if _is_subsequence(closers, text):
@@ -106,11 +249,24 @@ def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
     return Suggestion(text, 0)
 
 
+def _is_subsequence(needle: str, haystack: str) -> bool:
+    characters = iter(haystack)
+    return all(char in characters for char in needle)
+
+
 def postprocess(
-    raw: str, cursor: Cursor, multiline_mode: str, stops: Sequence[str]
+    raw: str, cursor: Cursor, multiline_mode: str, stops: Sequence[str], final: bool = True
 ) -> tuple[Suggestion | None, bool]:
-    """The suggestion for `raw`, and whether more raw text could not change it."""
-    raw, stopped = _cut_at_stop_strings(raw, stops)
+    """The suggestion for `raw`, and whether more raw text could not change it.
+
+    `final` says no more text will come (the model stopped); while it is False, the last,
+    incomplete line is not judged by the filters."""
+    raw, stopped = _cut_at_stop_strings(raw, (*SPECIAL_TOKEN_TEXT, *stops))
     raw, undecodable = _cut_at_undecodable(raw)
-    text, ended = _trimmed_text(raw, cursor, wants_multiline(cursor, multiline_mode))
-    return _with_suffix(text, cursor), stopped or undecodable or ended
+    multiline = wants_multiline(cursor, multiline_mode)
+    lines, ended = _trimmed_lines(raw, cursor, multiline, final)
+    lines, cut = _filtered(lines, cursor, final or ended)
+    text = "\n".join(lines)
+    if final and _equals_next_line(text, cursor):
+        return None, True
+    return _with_suffix(text, cursor), stopped or undecodable or ended or cut

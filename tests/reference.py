@@ -38,6 +38,7 @@ class ReferenceModel:
                 do_sample=False,
                 suppress_tokens=never,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.all_special_ids,
             )
         return self.tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
 

@@ -122,7 +122,7 @@ class Engine:
             return CompletionOutcome(None, GenerationStats())
 
         def finished(text: str) -> bool:
-            return postprocess(text, cursor, settings.multiline, settings.stop)[1]
+            return postprocess(text, cursor, settings.multiline, settings.stop, final=False)[1]
 
         params = DecodeParams(settings.max_new_tokens, settings.temperature, settings.top_p)
         cancelled = (lambda: False) if self._naive else cancel.is_set

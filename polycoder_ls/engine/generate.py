@@ -152,7 +152,7 @@ class Generator:
             with torch.inference_mode():
                 logits = self._prefill(state, prompt, cancelled)
                 prefilled = time.perf_counter()
-                while (token := _choose(logits, params)) != self.loaded.eos_id:
+                while (token := _choose(logits, params)) not in self.loaded.special_ids:
                     generated.append(token)
                     text = self.loaded.decode(generated)
                     if finished(text) or len(generated) >= params.max_new_tokens:

@@ -39,6 +39,8 @@ class LoadedModel:
     vocab_limit: int
     max_positions: int | None
     eos_id: int | None
+    special_ids: frozenset[int] = frozenset()
+    """End-of-text, padding, separator...: text never continues past one of them."""
 
     @property
     def dtype_name(self) -> str:
@@ -142,4 +144,5 @@ def load_model(settings: Settings) -> LoadedModel:
         vocab_limit=min(len(tokenizer), model.config.vocab_size),
         max_positions=_max_positions(model.config),
         eos_id=tokenizer.eos_token_id,
+        special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
     )
