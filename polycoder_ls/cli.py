@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     parser.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug)")
-    commands = parser.add_subparsers(dest="command", metavar="{complete}")
+    commands = parser.add_subparsers(dest="command", metavar="{complete,eval}")
     complete = commands.add_parser(
         "complete", help="print the completion for FILE:LINE:COL (1-based) and exit"
     )
@@ -39,6 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--max-new-tokens", type=int)
     complete.add_argument("--temperature", type=float)
     complete.add_argument("--multiline", choices=["auto", "always", "never"])
+    evaluate = commands.add_parser(
+        "eval",
+        help="perplexity per language and hole completion through the server, for PATHs",
+        description="Score a model on source files: perplexity per model token and per "
+        "Pygments token (each file on its own, non-overlapping windows), and hole completion "
+        "through the real server over LSP. Languages by file extension (or a folder named after "
+        "the language). Prints a markdown table; a progress bar goes to stderr.",
+    )
+    evaluate.add_argument("paths", metavar="PATH", nargs="+", type=Path)
+    evaluate.add_argument("--model")
+    evaluate.add_argument("--device")
+    evaluate.add_argument("--dtype")
+    evaluate.add_argument("--json", type=Path, help="also write the results as JSON here")
+    evaluate.add_argument("--limit", type=int, help="at most N files per language")
+    evaluate.add_argument(
+        "--holes", type=int, default=4, help="holes per file for hole completion (0: none)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the hole sampling")
     return parser
 
 
@@ -61,14 +79,14 @@ def _parse_target(target: str) -> tuple[Path, int, int]:
     return Path(path), line, column
 
 
-def _complete_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+def _command_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     overrides = {
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
-        "maxNewTokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "multiline": args.multiline,
+        "maxNewTokens": getattr(args, "max_new_tokens", None),
+        "temperature": getattr(args, "temperature", None),
+        "multiline": getattr(args, "multiline", None),
     }
     return apply_settings(
         Settings(), {key: value for key, value in overrides.items() if value is not None}
@@ -85,7 +103,7 @@ def run_complete(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"polycoder-ls complete: {error}", file=sys.stderr)
         return 2
-    settings, problems = _complete_settings(args)
+    settings, problems = _command_settings(args)
     if problems:
         print("polycoder-ls complete: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -102,6 +120,31 @@ def run_complete(args: argparse.Namespace) -> int:
     engine.stop(wait=True)
     if suggestion is not None:
         sys.stdout.write(suggestion.text + "\n")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .engine.loading import ModelLoadError
+    from .evaluation.run import EvalOptions, evaluate, markdown_table, write_json
+
+    settings, problems = _command_settings(args)
+    if (args.limit is not None and args.limit < 1) or args.holes < 0:
+        problems.append("--limit must be at least 1 and --holes at least 0")
+    if problems:
+        print("polycoder-ls eval: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    options = EvalOptions(args.paths, settings, args.limit, args.holes, args.seed)
+    try:
+        result = evaluate(options)
+    except (FileNotFoundError, ModelLoadError) as error:
+        print(f"polycoder-ls eval: {error}", file=sys.stderr)
+        return 1
+    if not result["languages"]:
+        print("polycoder-ls eval: no source files of the 12 languages found", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        write_json(result, args.json)
+    sys.stdout.write(markdown_table(result))
     return 0
 
 
@@ -125,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    if args.command == "eval":
+        transformers_logging.set_verbosity_error()  # whole files exceed the model's length
     if args.command == "complete":
         return run_complete(args)
+    if args.command == "eval":
+        return run_eval(args)
     return run_server(args)
 
 

@@ -1,0 +1,71 @@
+"""Asking a polycoder-ls process for suggestions over stdio, as an editor does."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from .. import __version__
+from .holes import Hole
+
+
+def _utf16_column(line_prefix: str) -> int:
+    return len(line_prefix.encode("utf-16-le")) // 2
+
+
+class CompletionClient:
+    """One polycoder-ls server process, started with `options` as initializationOptions."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._client = LanguageClient("polycoder-ls-eval", __version__)
+        self._opened = 0
+
+    async def start(self) -> None:
+        await self._client.start_io(sys.executable, "-m", "polycoder_ls", "--stdio")
+        await self._client.initialize_async(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(),
+                process_id=os.getpid(),
+                initialization_options=self._options,
+            )
+        )
+        self._client.initialized(types.InitializedParams())
+
+    async def suggestion(self, hole: Hole, language_id: str, extension: str) -> str | None:
+        """The text of the server's first inline completion item at the hole, or None."""
+        self._opened += 1
+        uri = f"file:///polycoder-eval/hole-{self._opened}{extension}"
+        item = types.TextDocumentItem(uri, language_id, 1, hole.document)
+        self._client.text_document_did_open(types.DidOpenTextDocumentParams(item))
+        line, _ = hole.position
+        line_prefix = hole.document[: hole.offset].rsplit("\n", 1)[-1]
+        try:
+            result = await self._client.text_document_inline_completion_async(
+                types.InlineCompletionParams(
+                    context=types.InlineCompletionContext(
+                        trigger_kind=types.InlineCompletionTriggerKind.Invoked
+                    ),
+                    text_document=types.TextDocumentIdentifier(uri),
+                    position=types.Position(line, _utf16_column(line_prefix)),
+                )
+            )
+        finally:
+            identifier = types.TextDocumentIdentifier(uri)
+            self._client.text_document_did_close(types.DidCloseTextDocumentParams(identifier))
+        items = result.items if isinstance(result, types.InlineCompletionList) else result
+        if not items:
+            return None
+        text = items[0].insert_text
+        return text if isinstance(text, str) else text.value
+
+    async def stop(self) -> None:
+        try:
+            await self._client.shutdown_async(None)
+            self._client.exit(None)
+        finally:
+            await self._client.stop()
