@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 # A CPU wheel of torch lies on disk on the project's machines. On a GPU machine, install the
 # torch build for your CUDA into $(VENV) first, or run: make TORCH="torch --index-url ..."
 TORCH ?= torch==2.13.0
-DEMO_MODEL ?= .demo/model
+DEMO_MODEL ?= nano
 DEMO_FILE ?= tests/data/example.py:10:21
+NANO_MINUTES ?= 55
 
-.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table clean
+.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table nano quality clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +20,8 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-$(DEMO_MODEL)/config.json: | venv
-	@echo "No offline PolyCoder checkpoint on this machine: building a tiny random-weight"
-	@echo "GPT-NeoX example model in $(DEMO_MODEL) (its suggestions are noise, the pipeline is real)."
-	$(BIN)/python tests/model_factory.py $(DEMO_MODEL)
-
-demo: venv $(DEMO_MODEL)/config.json
+# polycoder-nano ships in the package (polycoder_ls/models/nano): no network needed.
+demo: venv
 	@echo "--- suggestion for $(DEMO_FILE) from $(DEMO_MODEL):"
 	$(BIN)/polycoder-ls complete $(DEMO_FILE) --model $(DEMO_MODEL) --max-new-tokens 24
 
@@ -66,6 +63,14 @@ bench: venv editors/vscode/node_modules/.package-lock.json
 	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --out bench/results/0.4b-cpu.json
 	$(BIN)/python bench/report.py bench/results/160m-cpu-long-pauses.json bench/results/160m-cpu.json \
 	  bench/results/0.4b-cpu-long-pauses.json bench/results/0.4b-cpu.json
+
+# polycoder-nano from scratch: the corpus (Debian, PyPI and npm packages, downloaded and
+# unpacked, not installed), then at most NANO_MINUTES of training on this machine's CPU.
+nano: venv
+	$(BIN)/python nano/build_corpus.py --out .corpus
+	$(BIN)/polycoder-ls train --data .corpus/train --heldout .corpus/heldout \
+	  --out polycoder_ls/models/nano --minutes $(NANO_MINUTES)
+	rm -rf polycoder_ls/models/nano/checkpoint
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"

@@ -355,12 +355,27 @@ def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> flo
 
 
 def build(shape: str, directory: Path) -> Path:
+    """A random-weight model of PolyCoder's shape, or the packaged polycoder-nano."""
     from model_factory import build_model
 
+    if shape == "nano":
+        from polycoder_ls.engine.loading import NANO_DIRECTORY
+
+        return NANO_DIRECTORY
     out = directory / f"polycoder-{shape}-shape"
     if not (out / "config.json").exists():
         build_model(out, vocab_size=8192, embedding_rows=POLYCODER_EMBEDDING_ROWS, **SHAPES[shape])
     return out
+
+
+def model_facts(model: Path) -> dict[str, Any]:
+    config = json.loads((model / "config.json").read_text())
+    return {
+        "hidden": config["hidden_size"],
+        "layers": config["num_hidden_layers"],
+        "heads": config["num_attention_heads"],
+        "embeddingRows": config["vocab_size"],
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -385,7 +400,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="160m")
+    parser.add_argument("--shape", choices=[*sorted(SHAPES), "nano"], default="160m")
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument(
         "--context-lines", type=int, default=400, help="lines open before typing starts"
@@ -405,8 +420,7 @@ def main() -> None:
         "machine": machine(),
         "model": {
             "shape": args.shape,
-            **SHAPES[args.shape],
-            "embeddingRows": POLYCODER_EMBEDDING_ROWS,
+            **model_facts(model),
             "dtype": "float32",
             "threads": args.threads,
         },

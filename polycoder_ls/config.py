@@ -18,7 +18,7 @@ MULTILINE_MODES = ("auto", "always", "never")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Settings whose change needs the model to be loaded again.
-RELOAD_KEYS = ("model", "device", "dtype", "threads")
+RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads")
 
 
 def _doc(text: str, check: Callable[[Any], Any] | None) -> dict[str, Any]:
@@ -34,6 +34,10 @@ def _non_empty_str(value: Any) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return _fail("must be a non-empty string")
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else _non_empty_str(value)
 
 
 def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -98,8 +102,16 @@ class Settings:
         default="NinedayWang/PolyCoder-160M",
         metadata=_doc(
             "Hugging Face id, local directory, or alias: polycoder-160m, polycoder-0.4b, "
-            "polycoder-2.7b.",
+            "polycoder-2.7b, nano (polycoder-nano, shipped in the package).",
             _non_empty_str,
+        ),
+    )
+    fallback_model: str | None = field(
+        default="nano",
+        metadata=_doc(
+            "Served when `model` cannot be loaded (offline and not cached, say); the reason is "
+            "shown and `polycoder/status` reports `fallbackFrom`. null: no fallback.",
+            _optional_str,
         ),
     )
     device: str = field(

@@ -119,7 +119,13 @@ class PolycoderLanguageServer(LanguageServer):
         self.model_loaded = asyncio.wrap_future(self.engine.load(self.settings))
         async with self._progress(f"Loading {self.settings.model}"):
             status = await asyncio.shield(self.model_loaded)
-        if status.error is not None:
+        if status.fallback_from is not None:
+            self.show_message(
+                f"polycoder-ls: {status.error}. Serving the fallback model "
+                f"'{self.settings.fallback_model}' instead (setting fallbackModel).",
+                types.MessageType.Warning,
+            )
+        elif status.error is not None:
             self.show_message(f"polycoder-ls: {status.error}", types.MessageType.Error)
 
     def _progress(self, title: str) -> _WorkDoneProgress:

@@ -81,4 +81,6 @@ def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -
     }
     if engine.error is not None:
         payload["error"] = engine.error
+    if engine.fallback_from is not None:
+        payload["fallbackFrom"] = engine.fallback_from
     return payload

@@ -5,6 +5,7 @@ The LSP event loop calls these methods; the work itself runs on the inference wo
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -30,6 +31,8 @@ class EngineStatus:
     device: str = ""
     dtype: str = ""
     error: str | None = None
+    fallback_from: str | None = None
+    """The configured model, when it could not be loaded and `model` is the fallback."""
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,29 @@ class Engine:
     def _load(self, settings: Settings) -> EngineStatus:
         self._generator = None
         gc.collect()
+        fallback_from = error = None
         try:
             loaded = self._loader(settings)
-        except ModelLoadError as error:
-            log.error("%s", error)
-            self.status = EngineStatus("error", resolve_model(settings.model), error=str(error))
-            return self.status
+        except ModelLoadError as failure:
+            log.error("%s", failure)
+            fallback = settings.fallback_model
+            if fallback is None or resolve_model(fallback) == resolve_model(settings.model):
+                self.status = EngineStatus(
+                    "error", resolve_model(settings.model), error=str(failure)
+                )
+                return self.status
+            fallback_from, error = settings.model, str(failure)
+            try:
+                loaded = self._loader(dataclasses.replace(settings, model=fallback))
+            except ModelLoadError as second:
+                log.error("fallback model: %s", second)
+                message = f"{failure}; fallback model: {second}"
+                self.status = EngineStatus("error", resolve_model(settings.model), error=message)
+                return self.status
         self._generator = Generator(loaded, reuse_kv=not self._naive)
-        self.status = EngineStatus("ready", loaded.source, loaded.device, loaded.dtype_name)
+        self.status = EngineStatus(
+            "ready", loaded.source, loaded.device, loaded.dtype_name, error, fallback_from
+        )
         log.info("model ready: %s", self.status)
         return self.status
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,10 @@ from .linear_layout import use_input_major_weights
 
 log = logging.getLogger(__name__)
 
+NANO_DIRECTORY = Path(__file__).resolve().parent.parent / "models" / "nano"
 MODEL_ALIASES = {
+    "nano": str(NANO_DIRECTORY),
+    "polycoder-nano": str(NANO_DIRECTORY),
     "polycoder-160m": "NinedayWang/PolyCoder-160M",
     "polycoder-0.4b": "NinedayWang/PolyCoder-0.4B",
     "polycoder-2.7b": "NinedayWang/PolyCoder-2.7B",

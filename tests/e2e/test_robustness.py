@@ -85,7 +85,8 @@ async def test_unknown_method_is_an_error_not_a_crash(editor, tiny_model):
 
 
 async def test_model_that_cannot_load_is_reported_and_the_server_stays_up(editor, tmp_path):
-    await editor.start({"model": str(tmp_path / "missing-model")}, wait_ready=False)
+    settings = {"model": str(tmp_path / "missing-model"), "fallbackModel": None}
+    await editor.start(settings, wait_ready=False)
     status = await editor.wait_for_state("error")
     assert "missing-model" in status["error"]
 
@@ -102,6 +103,33 @@ async def test_model_that_cannot_load_is_reported_and_the_server_stays_up(editor
     assert error_shown()
     editor.open(URI, TEXT)
     assert await editor.texts(URI, 5, 24) == []
+
+
+async def test_a_model_that_cannot_load_falls_back_and_says_so(editor, tiny_model, tmp_path):
+    missing = str(tmp_path / "missing-model")
+    await editor.start({"model": missing, "fallbackModel": str(tiny_model)}, wait_ready=False)
+    status = await editor.wait_for_state("ready", "error")
+    assert status["state"] == "ready"
+    assert status["model"] == str(tiny_model)
+    assert status["fallbackFrom"] == missing
+    assert "missing-model" in status["error"]
+
+    def fallback_shown() -> bool:
+        return any(
+            message.type == types.MessageType.Warning
+            and "missing-model" in message.message
+            and "fallbackModel" in message.message
+            for message in editor.client.messages
+        )
+
+    for _ in range(100):
+        if fallback_shown():
+            break
+        await asyncio.sleep(0.05)
+    assert fallback_shown()
+    editor.open(URI, TEXT)
+    await editor.texts(URI, 5, 24)
+    assert (await editor.status())["totals"]["completed"] == 1
 
 
 async def test_changing_the_model_reloads_it_with_progress(editor, tiny_model, slow_model):
