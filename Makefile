@@ -72,6 +72,17 @@ nano: venv
 	  --out polycoder_ls/models/nano --minutes $(NANO_MINUTES)
 	rm -rf polycoder_ls/models/nano/checkpoint
 
+# QUALITY.md's tables: nano, the trigram baseline and a random-weight test model on nano's
+# held-out files (needs .corpus from `make nano` or `python nano/build_corpus.py`).
+quality: venv
+	mkdir -p quality
+	$(BIN)/polycoder-ls eval --model nano --json quality/nano.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --model nano --context-tokens 512 --holes 0 \
+	  --json quality/nano-512.json .corpus/heldout
+	$(BIN)/python nano/ngram_baseline.py --json quality/trigram.json
+	$(BIN)/python tests/model_factory.py .demo/random-model
+	$(BIN)/polycoder-ls eval --model .demo/random-model --json quality/random.json .corpus/heldout
+
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"
 

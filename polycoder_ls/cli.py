@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model")
     evaluate.add_argument("--device")
     evaluate.add_argument("--dtype")
+    evaluate.add_argument("--context-tokens", type=int, help="window and prompt size (2048)")
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON here")
     evaluate.add_argument("--limit", type=int, help="at most N files per language")
     evaluate.add_argument(
@@ -114,6 +115,7 @@ def _command_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         "maxNewTokens": getattr(args, "max_new_tokens", None),
         "temperature": getattr(args, "temperature", None),
         "multiline": getattr(args, "multiline", None),
+        "contextTokens": getattr(args, "context_tokens", None),
     }
     return apply_settings(
         Settings(), {key: value for key, value in overrides.items() if value is not None}

@@ -112,9 +112,8 @@ def _block_lines(lines: list[str], cursor: Cursor) -> tuple[list[str], bool]:
 
     A block ends at a blank line after content, at a line indented less than the cursor's
     line (or not more, after a block opener), at a new top-level definition after a block body,
-    and, in bracket
-    languages, at a bracket closing a block opened before the cursor. The line closing the
-    block the cursor's line opened is kept."""
+    and, in bracket languages, at a bracket closing a block opened before the cursor. The line
+    closing the block the cursor's line opened is kept."""
     language = cursor.language
     line_indent = _indent(cursor.line_prefix)
     if not cursor.line_prefix.strip() and lines[0].strip():
@@ -179,12 +178,13 @@ def _lines_below(cursor: Cursor) -> list[str]:
     return [line.rstrip() for line in cursor.following_text.split("\n")[1:] if line.strip()]
 
 
-def _repeats_code_below(lines: list[str], below: list[str]) -> int | None:
-    """The first suggested line (after the first) that is the next line of the document."""
-    if not below:
+def _repeats_code_below(lines: list[str], below: list[str], cursor: Cursor) -> int | None:
+    """The first suggested line (after the first) that is the next line of the document.
+    Closing lines are left to _without_duplicate_closers, which compares indentation too."""
+    if not below or _is_closing_line(below[0], cursor.language):
         return None
     for number, line in enumerate(lines[1:], start=1):
-        if line.strip() and line.strip() == below[0].strip():
+        if line.strip() == below[0].strip():
             return number
     return None
 
@@ -207,7 +207,7 @@ def _filtered(lines: list[str], cursor: Cursor, final: bool) -> tuple[list[str],
     below = _lines_below(cursor)
     cuts = [
         cut
-        for cut in (_repetition_start(whole_lines), _repeats_code_below(whole_lines, below))
+        for cut in (_repetition_start(whole_lines), _repeats_code_below(whole_lines, below, cursor))
         if cut is not None
     ]
     if cuts:

@@ -11,6 +11,7 @@ from polycoder_ls.config import DTYPES, MULTILINE_MODES, CacheSettings, Settings
 
 PACKAGE_JSON = Path(__file__).parents[2] / "editors" / "vscode" / "package.json"
 ENUMS = {"dtype": list(DTYPES), "multiline": list(MULTILINE_MODES)}
+NULLABLE_STRINGS = {"fallbackModel"}
 
 
 def _schema(name: str, value: Any) -> dict[str, Any]:
@@ -20,6 +21,8 @@ def _schema(name: str, value: Any) -> dict[str, Any]:
         return {"type": "integer"}
     if isinstance(value, float):
         return {"type": "number"}
+    if isinstance(value, str) and name in NULLABLE_STRINGS:
+        return {"type": ["string", "null"]}
     if isinstance(value, str):
         return {"type": "string", **({"enum": ENUMS[name]} if name in ENUMS else {})}
     if isinstance(value, tuple):
