@@ -76,12 +76,18 @@ nano: venv
 # held-out files (needs .corpus from `make nano` or `python nano/build_corpus.py`).
 quality: venv
 	mkdir -p quality
-	$(BIN)/polycoder-ls eval --model nano --json quality/nano.json .corpus/heldout
-	$(BIN)/polycoder-ls eval --model nano --context-tokens 512 --holes 0 \
-	  --json quality/nano-512.json .corpus/heldout
-	$(BIN)/python nano/ngram_baseline.py --json quality/trigram.json
 	$(BIN)/python tests/model_factory.py .demo/random-model
-	$(BIN)/polycoder-ls eval --model .demo/random-model --json quality/random.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --model nano --holes 0 --json quality/nano.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --model nano --holes 0 --context-tokens 512 \
+	  --json quality/nano-512.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --model .demo/random-model --holes 0 --json quality/random.json \
+	  .corpus/heldout
+	$(BIN)/python nano/ngram_baseline.py --json quality/trigram.json
+	$(BIN)/polycoder-ls eval --model nano --limit 10 --holes 3 --json quality/nano-holes.json \
+	  .corpus/heldout
+	$(BIN)/polycoder-ls eval --model .demo/random-model --limit 10 --holes 3 \
+	  --json quality/random-holes.json .corpus/heldout
+	$(BIN)/python quality/report.py
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"

@@ -14,7 +14,6 @@ import argparse
 import sysconfig
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|separator|>"]
 # PolyCoder has 50,304 embedding rows for 50,257 tokens: 47 rows no token maps to.
 EXTRA_EMBEDDING_ROWS = 47
 
@@ -32,29 +31,12 @@ def training_files(limit_bytes: int = 1_500_000) -> list[str]:
 
 
 def build_tokenizer(out: Path, vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from polycoder_ls.training.tokenizer import train_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train(training_files(), trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|padding|>",
-        model_max_length=2048,
-    )
-    wrapped.save_pretrained(out)
-    return wrapped
+    texts = (Path(path).read_text() for path in training_files())
+    tokenizer = train_tokenizer(texts, vocab_size, max_length=2048)
+    tokenizer.save_pretrained(out)
+    return tokenizer
 
 
 def build_model(

@@ -66,31 +66,32 @@ class Engine:
     def _load(self, settings: Settings) -> EngineStatus:
         self._generator = None
         gc.collect()
-        fallback_from = error = None
         try:
-            loaded = self._loader(settings)
+            loaded, fallback_reason = self._load_or_fall_back(settings)
+        except ModelLoadError as error:
+            self.status = EngineStatus("error", resolve_model(settings.model), error=str(error))
+            return self.status
+        self._generator = Generator(loaded, reuse_kv=not self._naive)
+        fallback_from = None if fallback_reason is None else settings.model
+        self.status = EngineStatus(
+            "ready", loaded.source, loaded.device, loaded.dtype_name, fallback_reason, fallback_from
+        )
+        log.info("model ready: %s", self.status)
+        return self.status
+
+    def _load_or_fall_back(self, settings: Settings) -> tuple[LoadedModel, str | None]:
+        """The configured model; else the fallback model and why the configured one failed."""
+        try:
+            return self._loader(settings), None
         except ModelLoadError as failure:
             log.error("%s", failure)
             fallback = settings.fallback_model
             if fallback is None or resolve_model(fallback) == resolve_model(settings.model):
-                self.status = EngineStatus(
-                    "error", resolve_model(settings.model), error=str(failure)
-                )
-                return self.status
-            fallback_from, error = settings.model, str(failure)
+                raise
             try:
-                loaded = self._loader(dataclasses.replace(settings, model=fallback))
+                return self._loader(dataclasses.replace(settings, model=fallback)), str(failure)
             except ModelLoadError as second:
-                log.error("fallback model: %s", second)
-                message = f"{failure}; fallback model: {second}"
-                self.status = EngineStatus("error", resolve_model(settings.model), error=message)
-                return self.status
-        self._generator = Generator(loaded, reuse_kv=not self._naive)
-        self.status = EngineStatus(
-            "ready", loaded.source, loaded.device, loaded.dtype_name, error, fallback_from
-        )
-        log.info("model ready: %s", self.status)
-        return self.status
+                raise ModelLoadError(f"{failure}; fallback model: {second}") from second
 
     def complete(
         self, key: str, cursor: Cursor, settings: Settings

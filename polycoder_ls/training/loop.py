@@ -84,7 +84,8 @@ def _new_model(options: TrainOptions, tokenizer: Any) -> Any:
 
 def _model_and_tokenizer(options: TrainOptions, dataset: Dataset) -> tuple[Any, Any]:
     if options.init is None:
-        tokenizer = train_tokenizer(dataset.train, options.vocab_size, options.long_seq_len)
+        texts = (source.text for source in dataset.train)
+        tokenizer = train_tokenizer(texts, options.vocab_size, options.long_seq_len)
         return _new_model(options, tokenizer), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

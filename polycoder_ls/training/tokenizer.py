@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
-
-from .data import SourceFile
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|separator|>"]
 
 
-def train_tokenizer(files: list[SourceFile], vocab_size: int, max_length: int) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> Any:
     """A PreTrainedTokenizerFast: <|endoftext|>=0, <|padding|>=1, <|separator|>=2."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -24,12 +22,7 @@ def train_tokenizer(files: list[SourceFile], vocab_size: int, max_length: int) -
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-
-    def texts() -> Iterator[str]:
-        for source in files:
-            yield source.text
-
-    tokenizer.train_from_iterator(texts(), trainer, length=len(files))
+    tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|endoftext|>",

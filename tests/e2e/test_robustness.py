@@ -9,6 +9,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcMethodNotFound
 
 from polycoder_ls.config import Settings
+from polycoder_ls.engine.loading import NANO_DIRECTORY
 
 URI = "file:///work/project/robust.py"
 TEXT = (
@@ -84,23 +85,25 @@ async def test_unknown_method_is_an_error_not_a_crash(editor, tiny_model):
     assert (await editor.status())["state"] == "ready"
 
 
+async def message_shown(editor, kind: types.MessageType, *words: str) -> bool:
+    """Whether a window/showMessage of `kind` containing all `words` arrives within 5 s."""
+    for _ in range(100):
+        if any(
+            message.type == kind and all(word in message.message for word in words)
+            for message in editor.client.messages
+        ):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_model_that_cannot_load_is_reported_and_the_server_stays_up(editor, tmp_path):
     settings = {"model": str(tmp_path / "missing-model"), "fallbackModel": None}
     await editor.start(settings, wait_ready=False)
     status = await editor.wait_for_state("error")
     assert "missing-model" in status["error"]
 
-    def error_shown() -> bool:
-        return any(
-            message.type == types.MessageType.Error and "missing-model" in message.message
-            for message in editor.client.messages
-        )
-
-    for _ in range(100):
-        if error_shown():
-            break
-        await asyncio.sleep(0.05)
-    assert error_shown()
+    assert await message_shown(editor, types.MessageType.Error, "missing-model")
     editor.open(URI, TEXT)
     assert await editor.texts(URI, 5, 24) == []
 
@@ -113,20 +116,7 @@ async def test_a_model_that_cannot_load_falls_back_and_says_so(editor, tiny_mode
     assert status["model"] == str(tiny_model)
     assert status["fallbackFrom"] == missing
     assert "missing-model" in status["error"]
-
-    def fallback_shown() -> bool:
-        return any(
-            message.type == types.MessageType.Warning
-            and "missing-model" in message.message
-            and "fallbackModel" in message.message
-            for message in editor.client.messages
-        )
-
-    for _ in range(100):
-        if fallback_shown():
-            break
-        await asyncio.sleep(0.05)
-    assert fallback_shown()
+    assert await message_shown(editor, types.MessageType.Warning, "missing-model", "fallbackModel")
     editor.open(URI, TEXT)
     await editor.texts(URI, 5, 24)
     assert (await editor.status())["totals"]["completed"] == 1
@@ -147,3 +137,12 @@ async def test_changing_the_model_reloads_it_with_progress(editor, tiny_model, s
     editor.open(URI, TEXT)
     await editor.texts(URI, 5, 24)
     assert (await editor.status())["totals"]["completed"] == 1
+
+
+async def test_the_default_fallback_is_the_packaged_nano(editor, tmp_path):
+    missing = str(tmp_path / "missing-model")
+    await editor.start({"model": missing}, wait_ready=False)
+    status = await editor.wait_for_state("ready", "error")
+    assert status["state"] == "ready", status
+    assert status["model"] == str(NANO_DIRECTORY)
+    assert status["fallbackFrom"] == missing

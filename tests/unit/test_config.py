@@ -5,6 +5,7 @@ from polycoder_ls.config import Settings, apply_settings, settings_table
 
 DESIGN_DEFAULTS = {
     "model": "NinedayWang/PolyCoder-160M",
+    "fallbackModel": "nano",  # issue 6
     "device": "auto",
     "dtype": "auto",
     "threads": None,
