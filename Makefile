@@ -61,8 +61,9 @@ bench: venv editors/vscode/node_modules/.package-lock.json
 	$(BIN)/python bench/typing_replay.py --shape 160m --out bench/results/160m-cpu.json
 	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --line-end-pause 10 --out bench/results/0.4b-cpu-long-pauses.json
 	$(BIN)/python bench/typing_replay.py --shape 0.4b --files 3 --out bench/results/0.4b-cpu.json
+	$(BIN)/python bench/typing_replay.py --shape nano --out bench/results/nano-cpu.json
 	$(BIN)/python bench/report.py bench/results/160m-cpu-long-pauses.json bench/results/160m-cpu.json \
-	  bench/results/0.4b-cpu-long-pauses.json bench/results/0.4b-cpu.json
+	  bench/results/0.4b-cpu-long-pauses.json bench/results/0.4b-cpu.json bench/results/nano-cpu.json
 
 # polycoder-nano from scratch: the corpus (Debian, PyPI and npm packages, downloaded and
 # unpacked, not installed), then at most NANO_MINUTES of training on this machine's CPU.

@@ -37,8 +37,8 @@ def detect_indent(text: str) -> IndentStyle | None:
         if width > previous:
             steps[width - previous] += 1
         previous = width
-    step = max((count, -step) for step, count in steps.items() if step > 1) if steps else None
-    return IndentStyle(tabs=False, width=-step[1] if step else 4)
+    common = max(((count, -step) for step, count in steps.items() if step > 1), default=None)
+    return IndentStyle(tabs=False, width=-common[1] if common else 4)
 
 
 def style_of_lines(lines: list[str]) -> IndentStyle | None:

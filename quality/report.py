@@ -39,7 +39,7 @@ def perplexity_table() -> str:
             f"| {_num(long_off.get(name, {}).get('perplexity'))} "
             f"| {_num(trigram.get(name, {}).get('perplexity'))} "
             f"| {_num(trigram.get(name, {}).get('perplexityPygments'))} "
-            f"| {_num(random.get(name, {}).get('perplexityPygments'), 0)} "
+            f"| {_sci(random.get(name, {}).get('perplexityPygments'))} "
             f"| {_num(PAPER_POLYCODER_2_7B.get(name), 4)} |"
         )
     return "\n".join(rows)
@@ -62,6 +62,10 @@ def holes_table() -> str:
             f"| {_num(theirs.get('editSimilarity'), 3)} |"
         )
     return "\n".join(rows)
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def _percent(value: float | None) -> str:

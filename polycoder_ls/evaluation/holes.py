@@ -43,6 +43,8 @@ class HoleScore:
     shown: int = 0
     exact: int = 0
     similarity: float = 0.0
+    errors: int = 0
+    """Requests the server answered with an error (counted as not shown)."""
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def add(self, hole: Hole, suggestion: str | None) -> None:
@@ -63,6 +65,7 @@ class HoleScore:
             "shownRate": round(self.shown / count, 4),
             "exactMatch": round(self.exact / count, 4),
             "editSimilarity": round(self.similarity / count, 4),
+            "serverErrors": self.errors,
         }
 
 

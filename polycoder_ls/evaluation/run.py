@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pygls.exceptions import JsonRpcException
 from tqdm import tqdm
 
 from ..config import Settings
@@ -17,6 +19,8 @@ from .corpus import files_by_language, read_source
 from .holes import HoleScore, sample_holes
 from .lsp_client import CompletionClient
 from .perplexity import Score, score_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,14 @@ async def _hole_scores(options: EvalOptions, files: dict[str, list[Path]]) -> di
                         text, language, options.holes_per_file, options.seed, path.name
                     )
                     for hole in holes:
-                        suggestion = await client.suggestion(
-                            hole, language.language_ids[0], language.extensions[0]
-                        )
+                        try:
+                            suggestion = await client.suggestion(
+                                hole, language.language_ids[0], language.extensions[0]
+                            )
+                        except JsonRpcException as error:
+                            log.error("the server failed on a hole in %s: %s", path, error)
+                            score.errors += 1
+                            suggestion = None
                         score.add(hole, suggestion)
                         progress.update()
     finally:

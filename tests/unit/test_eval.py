@@ -107,6 +107,7 @@ def test_eval_command_scores_holes_through_the_server(tiny_model: Path, tmp_path
     python = result["languages"]["Python"]
     assert python["files"] == 2
     assert python["holeCompletion"]["holes"] == 6
+    assert python["holeCompletion"]["serverErrors"] == 0
     assert 0.0 <= python["holeCompletion"]["shownRate"] <= 1.0
     assert "| Python | 2 |" in done.stdout
     assert "holes" in done.stderr  # the progress bar

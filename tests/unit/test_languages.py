@@ -47,6 +47,7 @@ def test_indent_style_of_a_document():
     assert detect_indent("a {\n  b {\n    c\n  }\n}\n") == IndentStyle(tabs=False, width=2)
     assert detect_indent("func f() {\n\tx()\n\tif y {\n\t\tz()\n\t}\n}\n") == IndentStyle(True)
     assert detect_indent("x = 1\ny = 2\n") is None
+    assert detect_indent(" * a comment\n * block\n") == IndentStyle(tabs=False, width=4)
 
 
 def test_suggested_lines_style_and_reindent():
