@@ -45,10 +45,14 @@ async function main() {
     await page.locator(".monaco-editor .view-lines").first().click();
     await page.keyboard.press("Control+End");
     await page.keyboard.type("re", { delay: 80 });
-    const ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first();
-    await ghost.waitFor({ timeout: 30000 });
+    // VS Code may render one suggestion as several inline decorations: read them all, in order.
+    const ghost = page.locator(
+      ".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text-decoration-preview, .monaco-editor .ghost-text",
+    );
+    await ghost.first().waitFor({ timeout: 30000 });
     await page.waitForTimeout(300);
-    result.ghost = await ghost.innerText();
+    result.ghost = (await ghost.allInnerTexts()).join("");
+    result.ghostParts = await ghost.allInnerTexts();
     await page.screenshot({ path: screenshot });
     await page.keyboard.press("Tab");
     await page.waitForTimeout(300);
