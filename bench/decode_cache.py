@@ -59,10 +59,12 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1900)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    loaded = load_model(Settings(model=str(build(args.shape, args.models)), threads=args.threads))
+    model = str(build(args.shape, args.models))
+    loaded = load_model(Settings(model=model, threads=args.threads, dtype=args.dtype))
     ids = torch.tensor([[3 + (i * 7919) % 8000 for i in range(args.context)]])
     layers = loaded.model.config.num_hidden_layers
     dynamic = decode_ms(loaded.model, DynamicCache(config=loaded.model.config), ids, args.steps)
