@@ -186,7 +186,8 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
     step, tokens_seen, last_checkpoint = 0, 0, time.monotonic()
     total = options.steps or int(options.minutes * 60)
     unit = "step" if options.steps else "s"
-    with log_path.open("w", newline="") as log_file, tqdm(total=total, unit=unit) as bar:
+    bar = tqdm(total=total, unit=unit, mininterval=1.0)
+    with log_path.open("w", newline="") as log_file, bar:
         log = csv.writer(log_file)
         log.writerow(["step", "seconds", "tokens", "seq_len", "loss", "learning_rate"])
         model.train()
@@ -212,8 +213,8 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
                 )  # fmt: skip
                 log_file.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", seq=seq_len)
-            bar.n = step if options.steps else min(total, int(schedule.progress(step) * total))
-            bar.refresh()
+            done = step if options.steps else min(total, int(schedule.progress(step) * total))
+            bar.update(done - bar.n)  # tqdm redraws at most every mininterval
             if time.monotonic() - last_checkpoint > options.checkpoint_minutes * 60:
                 _save(model, tokenizer, options.out / "checkpoint", "float32")
                 last_checkpoint = time.monotonic()
