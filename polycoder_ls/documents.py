@@ -10,12 +10,14 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .indentation import IndentStyle, detect_indent
 from .languages import PLAIN_TEXT, Language, language_of_document
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
+INDENT_SAMPLE_CHARS = 20000
 
 
 def line_starts(text: str) -> list[int]:
@@ -103,7 +105,13 @@ class Cursor:
     line_suffix: str
     following_text: str
     language: Language = PLAIN_TEXT
-    indent: IndentStyle | None = None
+
+    @cached_property
+    def indent(self) -> IndentStyle | None:
+        """The document's indentation style, from the text around the cursor (computed only
+        when a suggestion is post-processed, not for cache hits)."""
+        around = self.prefix[-INDENT_SAMPLE_CHARS:] + self.line_suffix
+        return detect_indent(around) or detect_indent(self.following_text)
 
     @property
     def line_prefix(self) -> str:
@@ -111,19 +119,15 @@ class Cursor:
 
 
 FOLLOWING_TEXT_CHARS = 4000
-INDENT_SAMPLE_CHARS = 20000
 
 
 def cursor_at(document: Document, offset: int) -> Cursor:
     line_end = document.line_end_offset(offset)
-    following_text = document.text[line_end : line_end + FOLLOWING_TEXT_CHARS]
     return Cursor(
         prefix=document.text[:offset],
         line_suffix=document.text[offset:line_end],
-        following_text=following_text,
+        following_text=document.text[line_end : line_end + FOLLOWING_TEXT_CHARS],
         language=language_of_document(document.language_id, document.uri),
-        indent=detect_indent(document.text[max(0, offset - INDENT_SAMPLE_CHARS) : line_end])
-        or detect_indent(following_text),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from ..config import Settings
 from ..engine.loading import load_model
-from ..languages import language_named
+from ..languages import Language, language_named
 from .corpus import files_by_language, read_source
 from .holes import HoleScore, sample_holes
 from .lsp_client import CompletionClient
@@ -37,21 +38,26 @@ def _window(options: EvalOptions, max_positions: int | None) -> int:
     return min(window, max_positions) if max_positions else window
 
 
+def _sources(files: dict[str, list[Path]]) -> Iterator[tuple[Language, Path, str]]:
+    """(language, path, text) of every readable file, language by language."""
+    for name, paths in files.items():
+        language = language_named(name)
+        assert language is not None
+        for path in paths:
+            if (text := read_source(path)) is not None:
+                yield language, path, text
+
+
 def perplexities(options: EvalOptions, files: dict[str, list[Path]]) -> dict[str, Score]:
     loaded = load_model(options.settings)
     window = _window(options, loaded.max_positions)
     scores: dict[str, Score] = {}
     total = sum(len(paths) for paths in files.values())
     with tqdm(total=total, desc="perplexity", unit="file", leave=False) as progress:
-        for name, paths in files.items():
-            language = language_named(name)
-            assert language is not None
-            score = scores[name] = Score()
-            for path in paths:
-                text = read_source(path)
-                if text is not None:
-                    score.add(score_file(loaded, text, language, window))
-                progress.update()
+        for language, _, text in _sources(files):
+            score = scores.setdefault(language.name, Score())
+            score.add(score_file(loaded, text, language, window))
+            progress.update()
     return scores
 
 
@@ -62,26 +68,22 @@ async def _hole_scores(options: EvalOptions, files: dict[str, list[Path]]) -> di
     try:
         total = sum(len(paths) for paths in files.values()) * options.holes_per_file
         with tqdm(total=total, desc="holes", unit="hole", leave=False) as progress:
-            for name, paths in files.items():
-                language = language_named(name)
-                assert language is not None
-                score = scores[name] = HoleScore()
-                for path in paths:
-                    text = read_source(path) or ""
-                    holes = sample_holes(
-                        text, language, options.holes_per_file, options.seed, path.name
-                    )
-                    for hole in holes:
-                        try:
-                            suggestion = await client.suggestion(
-                                hole, language.language_ids[0], language.extensions[0]
-                            )
-                        except JsonRpcException as error:
-                            log.error("the server failed on a hole in %s: %s", path, error)
-                            score.errors += 1
-                            suggestion = None
-                        score.add(hole, suggestion)
-                        progress.update()
+            for language, path, text in _sources(files):
+                score = scores.setdefault(language.name, HoleScore())
+                holes = sample_holes(
+                    text, language, options.holes_per_file, options.seed, path.name
+                )
+                for hole in holes:
+                    try:
+                        suggestion = await client.suggestion(
+                            hole, language.language_ids[0], language.extensions[0]
+                        )
+                    except JsonRpcException as error:
+                        log.error("the server failed on a hole in %s: %s", path, error)
+                        score.errors += 1
+                        suggestion = None
+                    score.add(hole, suggestion)
+                    progress.update()
     finally:
         await client.stop()
     return scores
