@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from polycoder_ls.config import Settings
 from polycoder_ls.documents import Document, cursor_at
-from polycoder_ls.engine.linear_layout import use_input_major_weights
+from polycoder_ls.engine.cpu_kernels import use_cpu_kernels
 from polycoder_ls.postprocess import Suggestion, postprocess
 from polycoder_ls.prompt import build_prompt, token_budget
 
@@ -18,9 +18,9 @@ class ReferenceModel:
     def __init__(self, model_dir: Path) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        # The server's CPU weight layout: the same arithmetic, so that a near-tie between two
-        # logits of a random-weight model cannot flip differently in the two summation orders.
-        use_input_major_weights(self.model)
+        # The server's CPU decode kernels: the same arithmetic, so that a near-tie between two
+        # logits of a random-weight model cannot flip differently in two summation orders.
+        use_cpu_kernels(self.model)
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import Settings
-from .linear_layout import use_input_major_weights
+from .cpu_kernels import use_cpu_kernels
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ def load_model(settings: Settings) -> LoadedModel:
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
         raise ModelLoadError(f"cannot load model '{source}': {error}") from error
     model.to(device).eval()
-    if device == "cpu":
-        use_input_major_weights(model)
+    if device == "cpu" and dtype == torch.float32:
+        use_cpu_kernels(model)
     return LoadedModel(
         name=settings.model,
         source=source,

@@ -1,0 +1,229 @@
+"""Decode-step kernels for CPUs: matrix-vector products and single-query attention.
+
+A decode step on CPU is bound by how fast the weights and the KV cache stream from memory.
+torch's kernels stream a matrix-vector product at ~13-24 GB/s and single-query attention at ~19
+GB/s on a 2-core AMD EPYC; the loops in cpu_kernels.c reach ~27-31 and ~25 GB/s
+(bench/decode_kernels.py). They are compiled with the machine's C compiler on first use, cached
+under ~/.cache/polycoder-ls, and called through ctypes (which releases the GIL). Anything they
+do not cover (several rows, other dtypes, masks that hide positions) goes to torch unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# -ffast-math lets gcc vectorize expf through glibc's libmvec; the kernels never see inf/nan
+# unless the model itself overflows.
+COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+ATTENTION_NAME = "polycoder_cpu"
+
+_POINTER = ctypes.c_void_p
+_INT = ctypes.c_int64
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernels cannot run here (no AVX2, no C compiler, or the build failed)."""
+
+
+def _cache_directory() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "polycoder-ls" / "kernels"
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc"):
+        if candidate and shutil.which(candidate.split()[0]):
+            return candidate.split()[0]
+    raise KernelUnavailable("no C compiler found (set CC, or install gcc)")
+
+
+def _build(library: Path) -> None:
+    """Compile the kernels into `library` (atomically: concurrent servers may race)."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        command = [_compiler(), *COMPILE_FLAGS, "-o", str(built), str(SOURCE), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise KernelUnavailable(f"compiling {SOURCE.name} failed: {result.stderr.strip()}")
+        os.replace(built, library)
+
+
+def _cpu_has_avx2() -> bool:
+    return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """The compiled kernels; each call runs on torch's intra-op thread count."""
+
+    library: Any
+
+    @classmethod
+    def load(cls) -> CpuKernels:
+        """Build (once per source version) and load the kernels; raise KernelUnavailable."""
+        if not _cpu_has_avx2():
+            raise KernelUnavailable("the CPU lacks AVX2/FMA")
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode())
+        library_path = _cache_directory() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
+        try:
+            if not library_path.exists():
+                _build(library_path)
+            # torch is imported, so its OpenMP runtime (libgomp.so.1) is the one this binds to.
+            library = ctypes.CDLL(str(library_path))
+        except OSError as error:
+            raise KernelUnavailable(f"cannot build or load {library_path}: {error}") from error
+        library.pcls_gemv.argtypes = [_POINTER] * 4 + [_INT, _INT, ctypes.c_int]
+        library.pcls_gemv.restype = None
+        library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
+        library.pcls_attend.restype = None
+        return cls(library)
+
+    def gemv(
+        self, weight: torch.Tensor, row: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`weight @ row + bias` for a contiguous float32 weight [out, in] and row [in]."""
+        out = torch.empty(weight.shape[0], dtype=torch.float32)
+        self.library.pcls_gemv(
+            weight.data_ptr(),
+            row.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+            weight.shape[0],
+            weight.shape[1],
+            torch.get_num_threads(),
+        )
+        return out
+
+    def attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Softmax attention of one query per head: query [heads, dim] contiguous; keys and
+        values [heads, length, dim] with contiguous rows and equal strides. Returns [heads, dim]."""
+        heads, length, dim = keys.shape
+        out = torch.empty(heads, dim, dtype=torch.float32)
+        scores = torch.empty(heads * length, dtype=torch.float32)
+        self.library.pcls_attend(
+            query.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            out.data_ptr(),
+            scores.data_ptr(),
+            heads,
+            length,
+            dim,
+            keys.stride(0),
+            scale,
+            torch.get_num_threads(),
+        )
+        return out
+
+
+def _is_plain_float32(tensor: torch.Tensor) -> bool:
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu"
+
+
+class KernelLinear(nn.Linear):
+    """`nn.Linear` whose single-row products (decode steps) run on the CPU kernel."""
+
+    kernels: CpuKernels
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear, kernels: CpuKernels) -> KernelLinear:
+        swapped = cls.__new__(cls)
+        swapped.__dict__.update(linear.__dict__)
+        swapped.kernels = kernels
+        return swapped
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.numel() != self.in_features or not _is_plain_float32(hidden):
+            return functional.linear(hidden, self.weight, self.bias)
+        out = self.kernels.gemv(self.weight, hidden.contiguous(), self.bias)
+        return out.view(*hidden.shape[:-1], self.out_features)
+
+
+def _mask_hides_nothing(mask: torch.Tensor | None) -> bool:
+    if mask is None:
+        return True
+    return bool(mask.all()) if mask.dtype == torch.bool else bool((mask == 0).all())
+
+
+def _kernel_attention(kernels: CpuKernels) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        batch, heads, queries, dim = query.shape
+        if (
+            batch != 1
+            or queries != 1
+            or not all(map(_is_plain_float32, (query, key, value)))
+            or key.stride() != value.stride()
+            or key.stride(-1) != 1
+            or key.stride(-2) != dim
+            or key.shape[1] != heads
+            or not _mask_hides_nothing(attention_mask)
+        ):
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, scaling=scaling, **kwargs
+            )
+        scale = dim**-0.5 if scaling is None else scaling
+        out = kernels.attend(query[0, :, 0].contiguous(), key[0], value[0], scale)
+        return out.view(1, 1, heads, dim), None
+
+    return attention
+
+
+def use_cpu_kernels(model: nn.Module) -> bool:
+    """Run `model`'s decode steps on the CPU kernels; False (and a log line) where they cannot
+    run, leaving the model as it was."""
+    try:
+        kernels = CpuKernels.load()
+    except KernelUnavailable as reason:
+        log.warning("CPU decode kernels unavailable, using torch's: %s", reason)
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+    for parent, name, child in swaps:
+        setattr(parent, name, KernelLinear.wrap(child, kernels))
+    AttentionInterface.register(ATTENTION_NAME, _kernel_attention(kernels))
+    # Without a mask function of its own, transformers would hand this attention no mask at all,
+    # and SDPA's top-left causal mask is wrong for a chunk that follows cached tokens.
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    try:
+        model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+    except (AttributeError, ValueError) as reason:
+        log.warning("%s keeps its own attention: %s", type(model).__name__, reason)
+    log.info("CPU decode kernels in use (%d linear layers)", len(swaps))
+    return True

@@ -1,0 +1,94 @@
+"""The CPU decode kernels compute what torch computes, and the model falls back to torch's
+operators when they cannot be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional
+from transformers import AutoModelForCausalLM
+
+from polycoder_ls.engine import cpu_kernels
+from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelLinear, use_cpu_kernels
+from polycoder_ls.engine.kv_cache import preallocated_cache
+
+
+@pytest.fixture(scope="module")
+def kernels() -> CpuKernels:
+    return CpuKernels.load()
+
+
+@pytest.mark.parametrize(("inputs", "outputs"), [(64, 192), (768, 50), (13, 7), (3072, 768)])
+def test_matrix_vector_product_matches_torch(kernels, inputs, outputs):
+    torch.manual_seed(inputs)
+    weight, row, bias = torch.randn(outputs, inputs), torch.randn(inputs), torch.randn(outputs)
+    close = {"rtol": 1e-4, "atol": 1e-4}  # sums of up to 3072 products, in another order
+    torch.testing.assert_close(kernels.gemv(weight, row, bias), weight @ row + bias, **close)
+    torch.testing.assert_close(kernels.gemv(weight, row, None), weight @ row, **close)
+
+
+@pytest.mark.parametrize(("heads", "length", "dim"), [(12, 1900, 64), (4, 1, 80), (3, 37, 13)])
+def test_single_query_attention_matches_sdpa_over_a_cache_with_room_to_spare(
+    kernels, heads, length, dim
+):
+    torch.manual_seed(length)
+    capacity = length + 9
+    keys = torch.randn(1, heads, capacity, dim)[:, :, :length]
+    values = torch.randn(1, heads, capacity, dim)[:, :, :length]
+    query = torch.randn(1, heads, 1, dim) * 3
+    expected = functional.scaled_dot_product_attention(query, keys, values)[0, :, 0]
+    got = kernels.attend(query[0, :, 0].contiguous(), keys[0], values[0], dim**-0.5)
+    torch.testing.assert_close(got, expected)
+
+
+def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = nn.Linear(24, 40, bias=bias)
+        swapped = KernelLinear.wrap(linear, kernels)
+        for shape in ((1, 1, 24), (24,), (2, 5, 24)):
+            hidden = torch.randn(*shape)
+            torch.testing.assert_close(swapped(hidden), linear(hidden))
+        assert swapped.weight is linear.weight
+
+
+def _decode_logits(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
+    """Logits of a prefill in two chunks (the second one after cached tokens, as when a
+    document's cache is reused), then of `steps` single-token steps on the growing cache."""
+    cache = preallocated_cache(model.config.num_hidden_layers, len(prompt) + steps)
+    logits = []
+    with torch.inference_mode():
+        half = len(prompt) // 2
+        model(input_ids=torch.tensor([prompt[:half]]), cache=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([prompt[half:]]), cache=cache, use_cache=True)
+        logits.extend(out.logits[0])
+        for _ in range(steps):
+            token = torch.tensor([[int(logits[-1].argmax())]])
+            logits.append(model(input_ids=token, cache=cache, use_cache=True).logits[0, -1])
+    return logits
+
+
+def test_a_model_on_the_kernels_decodes_what_torch_decodes(tiny_model: Path):
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    fast = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    assert use_cpu_kernels(fast)
+    assert any(isinstance(module, KernelLinear) for module in fast.modules())
+    prompt = [5 + (i * 37) % 500 for i in range(90)]
+    expected, got = _decode_logits(plain, prompt, 8), _decode_logits(fast, prompt, 8)
+    for step_expected, step_got in zip(expected, got, strict=True):
+        torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    assert not use_cpu_kernels(model)
+    assert "compiling broken.c failed" in caplog.text
+    assert not any(isinstance(module, KernelLinear) for module in model.modules())
+    assert model.config._attn_implementation != cpu_kernels.ATTENTION_NAME
