@@ -100,6 +100,9 @@ def render(result: dict[str, Any]) -> str:
     gpu = machine["gpu"] or "none"
     cancel = engine["cancelToStopMs"]
     decode = f"{engine['decodeMsPerTokenAt1900']} ms/token ({engine['decodeVsFloor']} x the floor)"
+    readers = engine.get("bandwidthByReaderGBps", {})
+    by_reader = ", ".join(f"{name} {value}" for name, value in readers.items() if name != "best")
+    bandwidth = f"{engine['bandwidthGBps']} GB/s" + (f" (best of {by_reader})" if by_reader else "")
     lines = [
         f"### {shape}, {model['dtype']}, {model['threads']} threads",
         "",
@@ -115,7 +118,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| measured memory bandwidth | {engine['bandwidthGBps']} GB/s |",
+        f"| measured memory bandwidth | {bandwidth} |",
         "| decode floor (weights + KV read / bandwidth) | "
         f"{engine['decodeFloorMsAt1900']} ms/token |",
         f"| decode measured | {decode} |",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
+from memory import bandwidth_gbps, bytes_per_decode_step
 from pygls.lsp.client import LanguageClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,34 +283,26 @@ def summarise(replay: Replay, status: Any, peak_kib: int) -> dict[str, Any]:
 
 def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     """In-process: memory bandwidth, the decode floor, and cancel-to-stop times."""
-    import torch
 
     from polycoder_ls.config import Settings
     from polycoder_ls.engine.generate import DecodeParams, Generator
     from polycoder_ls.engine.loading import load_model
 
     loaded = load_model(Settings(model=str(model), threads=args.threads))
-    buffer = torch.ones(128 * 1024 * 1024)  # 512 MiB
-    buffer.sum()
-    started = time.perf_counter()
-    for _ in range(5):
-        buffer.sum()
-    bandwidth = 5 * buffer.nbytes / (time.perf_counter() - started)
-    del buffer
-    config = loaded.model.config
-    weight_bytes = sum(
-        p.nbytes for name, p in loaded.model.named_parameters() if "embed_in" not in name
-    )
+    bandwidth = bandwidth_gbps()
     context = 1900
-    kv_bytes = config.num_hidden_layers * 2 * context * config.hidden_size * 4
-    floor_ms = (weight_bytes + kv_bytes) / bandwidth * 1000
+    weight_bytes, kv_bytes = bytes_per_decode_step(loaded.model, context)
+    floor_ms = (weight_bytes + kv_bytes) / (bandwidth["best"] * 1e9) * 1000
 
     generator = Generator(loaded)
     prompt = [3 + (i * 7919) % (loaded.vocab_limit - 3) for i in range(context)]
     greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
-    _, stats = generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
-    _, stats = generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
-    decode_ms = stats.decode_ms / max(1, stats.generated_tokens - 1)
+    generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
+    decode_runs = []
+    for _ in range(3):  # the same prompt again: one token to prefill, then 24 decode steps
+        _, stats = generator.generate("floor", prompt, greedy, lambda text: False, lambda: False)
+        decode_runs.append(stats.decode_ms / max(1, stats.generated_tokens - 1))
+    decode_ms = min(decode_runs)  # the best of 3, as the bandwidth is the best of 3 reads
 
     rng = random.Random(args.seed)
     stop_ms = [
@@ -317,8 +310,10 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         for trial in range(args.cancel_trials)
     ]
     return {
-        "bandwidthGBps": round(bandwidth / 1e9, 2),
+        "bandwidthGBps": bandwidth["best"],
+        "bandwidthByReaderGBps": bandwidth,
         "weightBytes": weight_bytes,
+        "kvBytesAt1900": kv_bytes,
         "decodeFloorMsAt1900": round(floor_ms, 2),
         "decodeMsPerTokenAt1900": round(decode_ms, 2),
         "decodeVsFloor": round(decode_ms / floor_ms, 3),

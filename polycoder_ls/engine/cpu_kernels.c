@@ -61,6 +61,27 @@ void pcls_gemv(const float *weight, const float *x, const float *bias, float *y,
     }
 }
 
+/* Softmax attention of one query q[dim] over `length` rows of k and v; writes o[dim], uses s. */
+static void attend_head(const float *q, const float *k, const float *v, float *o, float *s,
+                        int64_t length, int64_t dim, float scale) {
+    float largest = dot(q, k, dim) * scale;
+    for (int64_t position = 0; position < length; position++) {
+        s[position] = dot(q, k + position * dim, dim) * scale;
+        largest = s[position] > largest ? s[position] : largest;
+    }
+    float total = 0.0f;
+    for (int64_t position = 0; position < length; position++) {
+        s[position] = expf(s[position] - largest);
+        total += s[position];
+    }
+    for (int64_t i = 0; i < dim; i++) {
+        o[i] = 0.0f;
+    }
+    for (int64_t position = 0; position < length; position++) {
+        axpy(o, s[position] / total, v + position * dim, dim);
+    }
+}
+
 /* Attention of one query per head over `length` cached positions.
  * query: [heads, dim]; keys, values: rows of `dim` floats, `head_stride` floats between heads;
  * out: [heads, dim]; scores: scratch of heads * length floats. */
@@ -69,26 +90,45 @@ void pcls_attend(const float *query, const float *keys, const float *values, flo
                  float scale, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t head = 0; head < heads; head++) {
-        const float *q = query + head * dim;
-        const float *k = keys + head * head_stride;
-        const float *v = values + head * head_stride;
-        float *s = scores + head * length;
-        float *o = out + head * dim;
-        float largest = dot(q, k, dim) * scale;
-        for (int64_t position = 0; position < length; position++) {
-            s[position] = dot(q, k + position * dim, dim) * scale;
-            largest = s[position] > largest ? s[position] : largest;
-        }
-        float total = 0.0f;
-        for (int64_t position = 0; position < length; position++) {
-            s[position] = expf(s[position] - largest);
-            total += s[position];
-        }
+        attend_head(query + head * dim, keys + head * head_stride, values + head * head_stride,
+                    out + head * dim, scores + head * length, length, dim, scale);
+    }
+}
+
+/* GPT-NeoX's rotary embedding of x[dim] in place on its first rotary_dim values:
+ * x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[half:rotary_dim], x[:half]). */
+static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_dim) {
+    int64_t half = rotary_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float first = x[i], second = x[i + half];
+        x[i] = first * cos[i] - second * sin[i];
+        x[i + half] = second * cos[i + half] + first * sin[i + half];
+    }
+}
+
+/* One decode step of GPT-NeoX attention after the QKV projection: per head, qkv holds
+ * [query | key | value] (dim floats each); the key and query get the rotary embedding, the key
+ * and value are written at row `position` of the caches (`head_stride` floats between heads),
+ * and the query attends to rows 0..position. out: [heads, dim]; scores: heads * (position + 1). */
+void pcls_neox_attend_step(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
+                           float *keys, float *values, int64_t position, float *out,
+                           float *scores, int64_t heads, int64_t dim, int64_t head_stride,
+                           float scale, int threads) {
+    int64_t length = position + 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t head = 0; head < heads; head++) {
+        float *q = qkv + head * 3 * dim;
+        float *k = q + dim;
+        const float *v = k + dim;
+        rotate(q, cos, sin, rotary_dim);
+        rotate(k, cos, sin, rotary_dim);
+        float *key_rows = keys + head * head_stride;
+        float *value_rows = values + head * head_stride;
         for (int64_t i = 0; i < dim; i++) {
-            o[i] = 0.0f;
+            key_rows[position * dim + i] = k[i];
+            value_rows[position * dim + i] = v[i];
         }
-        for (int64_t position = 0; position < length; position++) {
-            axpy(o, s[position] / total, v + position * dim, dim);
-        }
+        attend_head(q, key_rows, value_rows, out + head * dim, scores + head * length, length,
+                    dim, scale);
     }
 }

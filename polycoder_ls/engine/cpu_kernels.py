@@ -94,6 +94,10 @@ class CpuKernels:
         library.pcls_gemv.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
+        library.pcls_neox_attend_step.argtypes = (
+            [_POINTER] * 3 + [_INT] + [_POINTER] * 2 + [_INT] + [_POINTER] * 2 + [_INT] * 3
+        ) + [ctypes.c_float, ctypes.c_int]
+        library.pcls_neox_attend_step.restype = None
         return cls(library)
 
     def gemv(
@@ -128,6 +132,41 @@ class CpuKernels:
             scores.data_ptr(),
             heads,
             length,
+            dim,
+            keys.stride(0),
+            scale,
+            torch.get_num_threads(),
+        )
+        return out
+
+    def neox_attend_step(
+        self,
+        qkv: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        cache: tuple[torch.Tensor, torch.Tensor],
+        position: int,
+        scale: float,
+    ) -> torch.Tensor:
+        """GPT-NeoX attention of one new token: `qkv` [heads, 3 * dim] from the QKV projection
+        (changed in place: rotary embedding), `rotary` its cos and sin [rotary_dim], `cache` the
+        key and value buffers [heads, capacity, dim] (row `position` is written). Returns the
+        attention output [heads, dim]."""
+        heads, dim = qkv.shape[0], qkv.shape[1] // 3
+        keys, values = cache
+        cos, sin = rotary
+        out = torch.empty(heads, dim, dtype=torch.float32)
+        scores = torch.empty(heads * (position + 1), dtype=torch.float32)
+        self.library.pcls_neox_attend_step(
+            qkv.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            cos.shape[-1],
+            keys.data_ptr(),
+            values.data_ptr(),
+            position,
+            out.data_ptr(),
+            scores.data_ptr(),
+            heads,
             dim,
             keys.stride(0),
             scale,
@@ -225,5 +264,8 @@ def use_cpu_kernels(model: nn.Module) -> bool:
         model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
     except (AttributeError, ValueError) as reason:
         log.warning("%s keeps its own attention: %s", type(model).__name__, reason)
-    log.info("CPU decode kernels in use (%d linear layers)", len(swaps))
+    from .neox_decode import use_neox_decode_steps
+
+    steps = use_neox_decode_steps(model, kernels)
+    log.info("CPU decode kernels in use (%d linear layers, %d fused layers)", len(swaps), steps)
     return True

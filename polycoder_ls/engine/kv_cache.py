@@ -67,6 +67,19 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         return self._expose()
 
+    def append_row(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Room for one more token, counted as filled: the key and value buffers of the first
+        sequence ([heads, capacity, dim]) and the row the caller must write."""
+        assert self._key_buffer is not None and self._value_buffer is not None
+        position = self.length
+        if position + 1 > self.capacity:
+            buffers = (self._key_buffer, self._value_buffer)
+            self._allocate(*buffers, _round_up(2 * self.capacity))
+        self.length = position + 1
+        self._expose()
+        assert self._key_buffer is not None and self._value_buffer is not None
+        return self._key_buffer[0], self._value_buffer[0], position
+
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0
 

@@ -3,15 +3,16 @@ operators when they cannot be built."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from polycoder_ls.engine import cpu_kernels
+from polycoder_ls.engine import cpu_kernels, neox_decode
 from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelLinear, use_cpu_kernels
 from polycoder_ls.engine.kv_cache import preallocated_cache
 
@@ -57,8 +58,9 @@ def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
 
 def _decode_logits(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
     """Logits of a prefill in two chunks (the second one after cached tokens, as when a
-    document's cache is reused), then of `steps` single-token steps on the growing cache."""
-    cache = preallocated_cache(model.config.num_hidden_layers, len(prompt) + steps)
+    document's cache is reused), then of `steps` single-token steps on the growing cache (sized
+    for the prompt: it grows while decoding)."""
+    cache = preallocated_cache(model.config.num_hidden_layers, len(prompt))
     logits = []
     with torch.inference_mode():
         half = len(prompt) // 2
@@ -80,6 +82,45 @@ def test_a_model_on_the_kernels_decodes_what_torch_decodes(tiny_model: Path):
     expected, got = _decode_logits(plain, prompt, 8), _decode_logits(fast, prompt, 8)
     for step_expected, step_got in zip(expected, got, strict=True):
         torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("parallel_residual", "rotary_share"), [(False, 1.0), (True, 0.25), (True, 1.0)]
+)
+def test_fused_decode_steps_compute_what_transformers_layers_compute(
+    parallel_residual, rotary_share, monkeypatch
+):
+    config = GPTNeoXConfig(
+        vocab_size=300,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=384,
+        max_position_embeddings=512,
+        use_parallel_residual=parallel_residual,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": rotary_share,
+        },
+    )
+    torch.manual_seed(7)
+    plain = GPTNeoXForCausalLM(config).eval()
+    fast = copy.deepcopy(plain)
+    assert use_cpu_kernels(fast)
+    fused_steps = []
+    step = neox_decode.NeoXDecodeStep.__call__
+    monkeypatch.setattr(
+        neox_decode.NeoXDecodeStep,
+        "__call__",
+        lambda self, *args: fused_steps.append(self.layer_index) or step(self, *args),
+    )
+    # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
+    prompt = [1 + (i * 13) % 290 for i in range(250)]
+    expected, got = _decode_logits(plain, prompt, 12), _decode_logits(fast, prompt, 12)
+    for step_expected, step_got in zip(expected, got, strict=True):
+        torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
+    assert len(fused_steps) == 12 * 3
 
 
 def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypatch, caplog):

@@ -1,0 +1,52 @@
+"""Memory bandwidth and the decode floor it implies, shared by the benchmarks.
+
+The bandwidth is the best of three 512 MiB reads by each of two readers: torch's sum (a plain
+reduction) and polycoder-ls's matrix-vector kernel (falling back to the sum alone where the
+kernel cannot run). Taking the best makes the floor as low as this machine allows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+READ_BYTES = 512 * 1024 * 1024
+TRIALS = 3
+
+
+def _best_gbps(read: Any, nbytes: int) -> float:
+    read()
+    best = 0.0
+    for _ in range(TRIALS):
+        started = time.perf_counter()
+        read()
+        best = max(best, nbytes / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def bandwidth_gbps() -> dict[str, float]:
+    """GB/s read by a reduction, by the kernel, and the best of the two."""
+    from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelUnavailable
+
+    matrix = torch.ones(READ_BYTES // 4 // 1024, 1024)
+    result = {"reduction": _best_gbps(matrix.sum, matrix.nbytes)}
+    try:
+        kernels = CpuKernels.load()
+        row = torch.ones(1024)
+        result["kernel"] = _best_gbps(lambda: kernels.gemv(matrix, row, None), matrix.nbytes)
+    except KernelUnavailable:
+        pass
+    result["best"] = max(result.values())
+    return {name: round(value, 2) for name, value in result.items()}
+
+
+def bytes_per_decode_step(model: Any, context: int) -> tuple[int, int]:
+    """Weight bytes and KV-cache bytes one decode step must read at `context` tokens (the input
+    embedding contributes one row, so it is left out)."""
+    config = model.config
+    weights = sum(p.nbytes for name, p in model.named_parameters() if "embed_in" not in name)
+    element = next(model.parameters()).element_size()
+    kv = config.num_hidden_layers * 2 * context * config.hidden_size * element
+    return weights, kv
