@@ -1,11 +1,12 @@
 """Decode-step kernels for CPUs: matrix-vector products and single-query attention.
 
 A decode step on CPU is bound by how fast the weights and the KV cache stream from memory.
-torch's kernels stream a matrix-vector product at ~13-24 GB/s and single-query attention at ~19
-GB/s on a 2-core AMD EPYC; the loops in cpu_kernels.c reach ~27-31 and ~25 GB/s
-(bench/decode_kernels.py). They are compiled with the machine's C compiler on first use, cached
-under ~/.cache/polycoder-ls, and called through ctypes (which releases the GIL). Anything they
-do not cover (several rows, other dtypes, masks that hide positions) goes to torch unchanged.
+On a 2-core AMD EPYC torch streams a one-row matrix product at ~16-24 GB/s and single-query
+attention at ~24 GB/s; the loops in cpu_kernels.c reach ~32-42 and ~37 GB/s, about what a plain
+reduction reads (bench/decode_kernels.py). They are compiled with the machine's C compiler on
+first use (about a second), cached under ~/.cache/polycoder-ls/kernels, and called through
+ctypes. Anything they do not cover (several rows, other dtypes, masks that hide positions) goes
+to torch unchanged; neox_decode.py builds a whole GPT-NeoX layer step on them.
 """
 
 from __future__ import annotations

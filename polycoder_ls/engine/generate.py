@@ -75,10 +75,11 @@ class Generator:
         self.reuse_kv = reuse_kv
         self._kept: OrderedDict[str, _KeptState] = OrderedDict()
         self._cancelled: Callable[[], bool] = _never
-        # The cancel check also runs before every decoder layer: a cancel lands within one
-        # layer's work even in the middle of a prefill chunk.
+        # The cancel check also runs before every decoder layer and every matrix product in
+        # one: a cancel lands within one product's work even in the middle of a prefill chunk.
         for layer in _decoder_layers(loaded.model):
-            layer.register_forward_pre_hook(self._check_cancel)
+            for module in (layer, *_linear_layers(layer)):
+                module.register_forward_pre_hook(self._check_cancel)
 
     def _check_cancel(self, *_: object) -> None:
         if self._cancelled():
@@ -187,6 +188,10 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
     base = getattr(model, "base_model", model)
     layers = getattr(base, "layers", None) or getattr(base, "h", None)
     return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+
+
+def _linear_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [child for child in module.modules() if isinstance(child, torch.nn.Linear)]
 
 
 class _Cancelled(Exception):

@@ -108,16 +108,21 @@ def test_preallocated_cache_matches_transformers_dynamic_cache(loaded):
 
 
 def test_cancel_inside_a_forward_leaves_a_consistent_cache(loaded):
-    """A cancel that lands between two decoder layers of a prefill chunk: the next request
-    reuses only whole chunks and still gives the exact result."""
+    """A cancel that lands inside a decoder layer of a prefill chunk (the check runs before
+    every layer and every matrix product): the next request reuses only whole chunks and still
+    gives the exact result."""
     prompt = loaded.tokenize(Path(__file__).read_text())[0][:600]
     generator = Generator(loaded)
-    layer_calls = 0
+    checks_per_chunk = 1 + sum(
+        1 + sum(isinstance(module, torch.nn.Linear) for module in layer.modules())
+        for layer in loaded.model.gpt_neox.layers
+    )
+    checks = 0
 
     def cancel_in_second_chunk() -> bool:
-        nonlocal layer_calls
-        layer_calls += 1
-        return layer_calls > loaded.model.config.num_hidden_layers + 3
+        nonlocal checks
+        checks += 1
+        return checks > checks_per_chunk + 3
 
     _, stats = generator.generate("doc", prompt, GREEDY, never, cancel_in_second_chunk)
     assert stats.cancelled
