@@ -150,8 +150,8 @@ class CpuKernels:
     ) -> torch.Tensor:
         """GPT-NeoX attention of one new token: `qkv` [heads, 3 * dim] from the QKV projection
         (changed in place: rotary embedding), `rotary` its cos and sin [rotary_dim], `cache` the
-        key and value buffers [heads, capacity, dim] (row `position` is written). Returns the
-        attention output [heads, dim]."""
+        keys and values [heads, position + 1, dim] with contiguous rows (row `position` is
+        written). Returns the attention output [heads, dim]."""
         heads, dim = qkv.shape[0], qkv.shape[1] // 3
         keys, values = cache
         cos, sin = rotary

@@ -68,17 +68,15 @@ class PreallocatedLayer(DynamicLayer):
         return self._expose()
 
     def append_row(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Room for one more token, counted as filled: the key and value buffers of the first
-        sequence ([heads, capacity, dim]) and the row the caller must write."""
-        assert self._key_buffer is not None and self._value_buffer is not None
+        """Room for one more token, counted as filled: the first sequence's keys and values
+        ([heads, length, dim], rows strided as in the buffer) and the row the caller must write."""
         position = self.length
         if position + 1 > self.capacity:
-            buffers = (self._key_buffer, self._value_buffer)
-            self._allocate(*buffers, _round_up(2 * self.capacity))
+            assert self._key_buffer is not None and self._value_buffer is not None
+            self._allocate(self._key_buffer, self._value_buffer, _round_up(2 * self.capacity))
         self.length = position + 1
-        self._expose()
-        assert self._key_buffer is not None and self._value_buffer is not None
-        return self._key_buffer[0], self._value_buffer[0], position
+        keys, values = self._expose()
+        return keys[0], values[0], position
 
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0
