@@ -1,6 +1,7 @@
 """Decode time per token at long context: transformers' DynamicCache (torch.cat per step) vs
-polycoder-ls's in-place KV layers, same model, same process, and both against the memory-bandwidth
-floor (weights + KV read per step / measured bandwidth).
+polycoder-ls's in-place KV layers, and the in-place cache without the fused GPT-NeoX decode step
+(transformers' layers around the same kernels), same model, same process, against the
+memory-bandwidth floor (weights + KV read per step / measured bandwidth).
 
     python bench/decode_cache.py [--shape 160m] [--context 1900] [--steps 20] [--profile]
 
@@ -29,6 +30,7 @@ from polycoder_ls.config import Settings
 from polycoder_ls.engine.cpu_kernels import CpuKernels
 from polycoder_ls.engine.kv_cache import preallocated_cache
 from polycoder_ls.engine.loading import load_model
+from polycoder_ls.engine.neox_decode import NeoXDecodeStep
 
 
 def decode_ms(model, cache, ids: torch.Tensor, steps: int, runs: int = 3) -> float:
@@ -131,6 +133,12 @@ def main() -> None:
     in_place = decode_ms(
         loaded.model, preallocated_cache(layers, args.context + 64), ids, args.steps
     )
+    fused_applies = NeoXDecodeStep.applies
+    NeoXDecodeStep.applies = lambda *_: False  # type: ignore[method-assign, assignment]
+    without_fused = decode_ms(
+        loaded.model, preallocated_cache(layers, args.context + 64), ids, args.steps
+    )
+    NeoXDecodeStep.applies = fused_applies  # type: ignore[method-assign]
     bandwidth = bandwidth_gbps()
     floor_ms = sum(bytes_per_decode_step(loaded.model, args.context)) / bandwidth["best"] / 1e6
     if args.profile:
@@ -143,6 +151,7 @@ def main() -> None:
                 "dynamicCacheMsPerToken": round(dynamic, 2),
                 "inPlaceMsPerToken": round(in_place, 2),
                 "ratio": round(in_place / dynamic, 3),
+                "inPlaceWithoutFusedStepMsPerToken": round(without_fused, 2),
                 "bandwidthGBps": bandwidth,
                 "floorMsPerToken": round(floor_ms, 2),
                 "inPlaceVsFloor": round(in_place / floor_ms, 3),

@@ -2,11 +2,12 @@
 
 Around its matrix products, transformers' GPT-NeoX layer runs some twenty small tensor operations
 and module calls per token (views, slices and concatenations for the rotary embedding, dropout,
-layer norms): 1-2.5 ms of a 160M-shaped model's ~25 ms decode step on a 2-core CPU, measured
-against this step in one process. For one new token this step computes the same function with
-the layer's own weights and activation: layer norms, the four projections and the MLP on the CPU
-kernels, and one kernel for the rotary embedding, the KV-cache write and attention. Every other
-call (prefill chunks, batches, masks, other caches, training) runs transformers' own forward.
+layer norms): 1.3-3.2 ms of a 160M-shaped model's ~25 ms decode step on a 2-core CPU
+(`bench/decode_cache.py`, with and without this step in one process). For one new token this
+step computes the same function with the layer's own weights and activation: layer norms, the
+four projections and the MLP on the CPU kernels, and one kernel for the rotary embedding, the
+KV-cache write and attention. Every other call (prefill chunks, batches, masks, other caches,
+training) runs transformers' own forward.
 """
 
 from __future__ import annotations
