@@ -2,18 +2,22 @@
 
 The bandwidth is the best of three 512 MiB reads by each of two readers: torch's sum (a plain
 reduction) and polycoder-ls's matrix-vector kernel (falling back to the sum alone where the
-kernel cannot run). Taking the best makes the floor as low as this machine allows.
+kernel cannot run), read right before and right after the decode it is the floor of (the
+bandwidth of this shared machine drifts by 20 % over minutes). Taking the best makes the floor
+as low as this machine allows.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 READ_BYTES = 512 * 1024 * 1024
 TRIALS = 3
+Result = TypeVar("Result")
 
 
 def _best_gbps(read: Any, nbytes: int) -> float:
@@ -40,6 +44,15 @@ def bandwidth_gbps() -> dict[str, float]:
         pass
     result["best"] = max(result.values())
     return {name: round(value, 2) for name, value in result.items()}
+
+
+def bandwidth_around(measure: Callable[[], Result]) -> tuple[Result, dict[str, float]]:
+    """`measure()`'s result, and the bandwidth by reader read right before and right after it
+    (the best of the two)."""
+    before = bandwidth_gbps()
+    result = measure()
+    after = bandwidth_gbps()
+    return result, {name: max(before[name], after[name]) for name in before}
 
 
 def bytes_per_decode_step(model: Any, context: int) -> tuple[int, int]:

@@ -51,14 +51,31 @@ static inline void axpy(float *out, float weight, const float *row, int64_t n) {
     }
 }
 
-/* y[out_features] = weight[out_features, in_features] @ x + bias (bias may be NULL). */
+/* What a row of a matrix-vector product does with its value. */
+enum row_output { STORE, STORE_GELU, ADD };
+
+static inline float gelu(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+/* y = weight[out_features, in_features] @ x + bias (bias may be NULL), rows shared among the
+ * threads of the enclosing parallel region; STORE_GELU applies the exact GELU, ADD adds to y. */
+static void gemv_rows(const float *weight, const float *x, const float *bias, float *y,
+                      int64_t out_features, int64_t in_features, enum row_output output) {
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < out_features; row++) {
+        float value = dot(weight + row * in_features, x, in_features) + (bias ? bias[row] : 0.0f);
+        if (output == STORE_GELU) {
+            value = gelu(value);
+        }
+        y[row] = output == ADD ? y[row] + value : value;
+    }
+}
+
 void pcls_gemv(const float *weight, const float *x, const float *bias, float *y,
                int64_t out_features, int64_t in_features, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t row = 0; row < out_features; row++) {
-        float value = dot(weight + row * in_features, x, in_features);
-        y[row] = bias ? value + bias[row] : value;
-    }
+#pragma omp parallel num_threads(threads)
+    gemv_rows(weight, x, bias, y, out_features, in_features, STORE);
 }
 
 /* Softmax attention of one query q[dim] over `length` rows of k and v; writes o[dim], uses s. */
@@ -106,29 +123,114 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_
     }
 }
 
-/* One decode step of GPT-NeoX attention after the QKV projection: per head, qkv holds
- * [query | key | value] (dim floats each); the key and query get the rotary embedding, the key
- * and value are written at row `position` of the caches (`head_stride` floats between heads),
- * and the query attends to rows 0..position. out: [heads, dim]; scores: heads * (position + 1). */
-void pcls_neox_attend_step(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
-                           float *keys, float *values, int64_t position, float *out,
-                           float *scores, int64_t heads, int64_t dim, int64_t head_stride,
-                           float scale, int threads) {
-    int64_t length = position + 1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t head = 0; head < heads; head++) {
-        float *q = qkv + head * 3 * dim;
-        float *k = q + dim;
-        const float *v = k + dim;
-        rotate(q, cos, sin, rotary_dim);
-        rotate(k, cos, sin, rotary_dim);
-        float *key_rows = keys + head * head_stride;
-        float *value_rows = values + head * head_stride;
-        for (int64_t i = 0; i < dim; i++) {
-            key_rows[position * dim + i] = k[i];
-            value_rows[position * dim + i] = v[i];
+/* GPT-NeoX attention of one new token for one head: qkv holds [query | key | value] (dim floats
+ * each); the key and query get the rotary embedding, the key and value are written at row
+ * `position` of the head's cache rows, and the query attends to rows 0..position. */
+static void neox_attend_head(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
+                             float *key_rows, float *value_rows, int64_t position, float *out,
+                             float *scores, int64_t dim, float scale) {
+    float *q = qkv, *k = qkv + dim;
+    const float *v = k + dim;
+    rotate(q, cos, sin, rotary_dim);
+    rotate(k, cos, sin, rotary_dim);
+    for (int64_t i = 0; i < dim; i++) {
+        key_rows[position * dim + i] = k[i];
+        value_rows[position * dim + i] = v[i];
+    }
+    attend_head(q, key_rows, value_rows, out, scores, position + 1, dim, scale);
+}
+
+static void layer_norm(const float *x, const float *weight, const float *bias, float *out,
+                       int64_t n, float eps) {
+    double sum = 0.0, squares = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        sum += x[i];
+    }
+    float mean = (float)(sum / n);
+    for (int64_t i = 0; i < n; i++) {
+        squares += (double)(x[i] - mean) * (x[i] - mean);
+    }
+    float inverse = 1.0f / sqrtf((float)(squares / n) + eps);
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = (x[i] - mean) * inverse * weight[i] + (bias ? bias[i] : 0.0f);
+    }
+}
+
+static void add(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] += y[i];
+    }
+}
+
+/* The shape of a GPT-NeoX model and of one step; mirrored by NeoXShape in cpu_kernels.py. */
+struct neox_shape {
+    int64_t layers, hidden, heads, head_dim, intermediate, rotary_dim, vocab, position;
+    float eps, scale;
+    int64_t parallel_residual;
+};
+
+/* Each layer's pointers, in this order, in `layer_pointers`. */
+enum layer_pointer {
+    INPUT_NORM_WEIGHT, INPUT_NORM_BIAS, QKV_WEIGHT, QKV_BIAS, DENSE_WEIGHT, DENSE_BIAS,
+    POST_NORM_WEIGHT, POST_NORM_BIAS, FC_IN_WEIGHT, FC_IN_BIAS, FC_OUT_WEIGHT, FC_OUT_BIAS,
+    KEYS, VALUES, LAYER_POINTERS
+};
+
+/* Workspace floats pcls_neox_token_step needs. */
+int64_t pcls_neox_workspace(const struct neox_shape *shape) {
+    return 7 * shape->hidden + shape->intermediate + shape->heads * (shape->position + 1);
+}
+
+/* One new token through a whole GPT-NeoX model (exact GELU, layer norms, rotary embedding), in
+ * one parallel region: `embedding` is the token's input embedding [hidden]; each layer's
+ * caches are [heads][head_strides[layer]] floats with room for row `position`, which is written;
+ * logits[vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). */
+void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding,
+                          float *const *layer_pointers, const int64_t *head_strides,
+                          const float *cos, const float *sin, const float *final_norm_weight,
+                          const float *final_norm_bias, const float *head_weight,
+                          const float *head_bias, float *workspace, float *logits, int threads) {
+    const int64_t hidden = shape->hidden, heads = shape->heads, dim = shape->head_dim;
+    const int64_t length = shape->position + 1;
+    float *x = workspace, *normed = x + hidden, *qkv = normed + hidden;
+    float *attended = qkv + 3 * hidden, *projected = attended + hidden;
+    float *expanded = projected + hidden, *scores = expanded + shape->intermediate;
+    for (int64_t i = 0; i < hidden; i++) {
+        x[i] = embedding[i];
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        for (int64_t layer = 0; layer < shape->layers; layer++) {
+            float *const *p = layer_pointers + layer * LAYER_POINTERS;
+#pragma omp single
+            layer_norm(x, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS], normed, hidden, shape->eps);
+            gemv_rows(p[QKV_WEIGHT], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden, STORE);
+#pragma omp for schedule(static)
+            for (int64_t head = 0; head < heads; head++) {
+                neox_attend_head(qkv + head * 3 * dim, cos, sin, shape->rotary_dim,
+                                 p[KEYS] + head * head_strides[layer],
+                                 p[VALUES] + head * head_strides[layer], shape->position,
+                                 attended + head * dim, scores + head * length, dim,
+                                 shape->scale);
+            }
+            gemv_rows(p[DENSE_WEIGHT], attended, p[DENSE_BIAS], projected, hidden, hidden, STORE);
+#pragma omp single
+            {
+                if (shape->parallel_residual) {
+                    layer_norm(x, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], normed, hidden, shape->eps);
+                    add(x, projected, hidden);
+                } else {
+                    add(x, projected, hidden);
+                    layer_norm(x, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], normed, hidden, shape->eps);
+                }
+            }
+            gemv_rows(p[FC_IN_WEIGHT], normed, p[FC_IN_BIAS], expanded, shape->intermediate,
+                      hidden, STORE_GELU);
+            gemv_rows(p[FC_OUT_WEIGHT], expanded, p[FC_OUT_BIAS], x, hidden, shape->intermediate,
+                      ADD);
         }
-        attend_head(q, key_rows, value_rows, out + head * dim, scores + head * length, length,
-                    dim, scale);
+#pragma omp single
+        layer_norm(x, final_norm_weight, final_norm_bias, normed, hidden, shape->eps);
+        gemv_rows(head_weight, normed, head_bias, logits, shape->vocab, hidden, STORE);
     }
 }

@@ -6,7 +6,7 @@ attention at ~24 GB/s; the loops in cpu_kernels.c reach ~32-42 and ~37 GB/s, abo
 reduction reads (bench/decode_kernels.py). They are compiled with the machine's C compiler on
 first use (about a second), cached under ~/.cache/polycoder-ls/kernels, and called through
 ctypes. Anything they do not cover (several rows, other dtypes, masks that hide positions) goes
-to torch unchanged; neox_decode.py builds a whole GPT-NeoX layer step on them.
+to torch unchanged; neox_decode.py runs a whole GPT-NeoX decode step on them.
 """
 
 from __future__ import annotations
@@ -71,6 +71,18 @@ def _cpu_has_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
 
 
+class NeoXShape(ctypes.Structure):
+    """`struct neox_shape` of cpu_kernels.c: a GPT-NeoX model's sizes and the step's position."""
+
+    _fields_ = [
+        *((name, _INT) for name in ("layers", "hidden", "heads", "head_dim", "intermediate")),
+        *((name, _INT) for name in ("rotary_dim", "vocab", "position")),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("parallel_residual", _INT),
+    ]
+
+
 @dataclass(frozen=True)
 class CpuKernels:
     """The compiled kernels; each call runs on torch's intra-op thread count."""
@@ -95,10 +107,10 @@ class CpuKernels:
         library.pcls_gemv.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
-        library.pcls_neox_attend_step.argtypes = (
-            [_POINTER] * 3 + [_INT] + [_POINTER] * 2 + [_INT] + [_POINTER] * 2 + [_INT] * 3
-        ) + [ctypes.c_float, ctypes.c_int]
-        library.pcls_neox_attend_step.restype = None
+        library.pcls_neox_workspace.argtypes = [_POINTER]
+        library.pcls_neox_workspace.restype = _INT
+        library.pcls_neox_token_step.argtypes = [_POINTER] * 12 + [ctypes.c_int]
+        library.pcls_neox_token_step.restype = None
         return cls(library)
 
     def gemv(
@@ -140,40 +152,38 @@ class CpuKernels:
         )
         return out
 
-    def neox_attend_step(
+    def neox_token_step(
         self,
-        qkv: torch.Tensor,
+        shape: NeoXShape,
+        embedding: torch.Tensor,
+        layer_pointers: list[int | None],
+        head_strides: list[int],
         rotary: tuple[torch.Tensor, torch.Tensor],
-        cache: tuple[torch.Tensor, torch.Tensor],
-        position: int,
-        scale: float,
+        final_norm: tuple[torch.Tensor, torch.Tensor | None],
+        head: tuple[torch.Tensor, torch.Tensor | None],
     ) -> torch.Tensor:
-        """GPT-NeoX attention of one new token: `qkv` [heads, 3 * dim] from the QKV projection
-        (changed in place: rotary embedding), `rotary` its cos and sin [rotary_dim], `cache` the
-        keys and values [heads, position + 1, dim] with contiguous rows (row `position` is
-        written). Returns the attention output [heads, dim]."""
-        heads, dim = qkv.shape[0], qkv.shape[1] // 3
-        keys, values = cache
-        cos, sin = rotary
-        out = torch.empty(heads, dim, dtype=torch.float32)
-        scores = torch.empty(heads * (position + 1), dtype=torch.float32)
-        self.library.pcls_neox_attend_step(
-            qkv.data_ptr(),
-            cos.data_ptr(),
-            sin.data_ptr(),
-            cos.shape[-1],
-            keys.data_ptr(),
-            values.data_ptr(),
-            position,
-            out.data_ptr(),
-            scores.data_ptr(),
-            heads,
-            dim,
-            keys.stride(0),
-            scale,
+        """One token through a whole GPT-NeoX model (pcls_neox_token_step in cpu_kernels.c):
+        `layer_pointers` holds each layer's weights, biases and cache rows in the C order,
+        `rotary` the cos and sin [rotary_dim] of the token's position. Returns the logits."""
+        workspace = torch.empty(self.library.pcls_neox_workspace(ctypes.byref(shape)))
+        logits = torch.empty(shape.vocab, dtype=torch.float32)
+        self.library.pcls_neox_token_step(
+            ctypes.byref(shape),
+            embedding.data_ptr(),
+            (_POINTER * len(layer_pointers))(*layer_pointers),
+            (_INT * len(head_strides))(*head_strides),
+            rotary[0].data_ptr(),
+            rotary[1].data_ptr(),
+            *(optional_pointer(tensor) for tensor in (*final_norm, *head)),
+            workspace.data_ptr(),
+            logits.data_ptr(),
             torch.get_num_threads(),
         )
-        return out
+        return logits
+
+
+def optional_pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 def _is_plain_float32(tensor: torch.Tensor) -> bool:
@@ -238,14 +248,14 @@ def _kernel_attention(kernels: CpuKernels) -> Any:
     return attention
 
 
-def use_cpu_kernels(model: nn.Module) -> bool:
-    """Run `model`'s decode steps on the CPU kernels; False (and a log line) where they cannot
-    run, leaving the model as it was."""
+def use_cpu_kernels(model: nn.Module) -> CpuKernels | None:
+    """Run `model`'s single-row products and single-query attention on the CPU kernels and
+    return them; None (and a log line) where they cannot run, leaving the model as it was."""
     try:
         kernels = CpuKernels.load()
     except KernelUnavailable as reason:
         log.warning("CPU decode kernels unavailable, using torch's: %s", reason)
-        return False
+        return None
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -265,8 +275,5 @@ def use_cpu_kernels(model: nn.Module) -> bool:
         model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
     except (AttributeError, ValueError) as reason:
         log.warning("%s keeps its own attention: %s", type(model).__name__, reason)
-    from .neox_decode import use_neox_decode_steps
-
-    steps = use_neox_decode_steps(model, kernels)
-    log.info("CPU decode kernels in use (%d linear layers, %d fused layers)", len(swaps), steps)
-    return True
+    log.info("CPU decode kernels in use (%d linear layers)", len(swaps))
+    return kernels

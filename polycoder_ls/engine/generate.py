@@ -110,16 +110,22 @@ class Generator:
             self._kept.popitem(last=False)
 
     def _forward(self, state: _KeptState, token_ids: list[int]) -> torch.Tensor:
-        inputs = torch.tensor([token_ids], device=self.loaded.device)
         try:
-            output = self.loaded.model(
-                input_ids=inputs, cache=state.cache, use_cache=True, logits_to_keep=1
-            )
+            logits = self._logits(state.cache, token_ids)
         except _Cancelled:
             truncate_cache(state.cache, len(state.token_ids))
             raise
         state.token_ids.extend(token_ids)
-        return output.logits[0, -1, : self.loaded.vocab_limit]
+        return logits[: self.loaded.vocab_limit]
+
+    def _logits(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
+        """The logits after `token_ids`, fed after the cached tokens (which they extend)."""
+        step = self.loaded.token_step
+        if step is not None and len(token_ids) == 1 and step.applies(cache):
+            return step(token_ids[0], cache)
+        inputs = torch.tensor([token_ids], device=self.loaded.device)
+        output = self.loaded.model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1)
+        return output.logits[0, -1]
 
     def _prefill(
         self, state: _KeptState, prompt: list[int], cancelled: Callable[[], bool]

@@ -67,6 +67,11 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         return self._expose()
 
+    @property
+    def sequences(self) -> int:
+        """The batch size (0 before the first update)."""
+        return 0 if self._key_buffer is None else self._key_buffer.shape[0]
+
     def append_row(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Room for one more token, counted as filled: the first sequence's keys and values
         ([heads, length, dim], rows strided as in the buffer) and the row the caller must write."""

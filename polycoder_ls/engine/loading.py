@@ -12,6 +12,7 @@ import torch
 
 from ..config import Settings
 from .cpu_kernels import use_cpu_kernels
+from .neox_decode import NeoXTokenStep
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class LoadedModel:
     eos_id: int | None
     special_ids: frozenset[int] = frozenset()
     """End-of-text, padding, separator...: text never continues past one of them."""
+    token_step: NeoXTokenStep | None = None
+    """A whole decode step in one call of the CPU kernels, where the model allows one."""
 
     @property
     def dtype_name(self) -> str:
@@ -136,8 +139,9 @@ def load_model(settings: Settings) -> LoadedModel:
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
         raise ModelLoadError(f"cannot load model '{source}': {error}") from error
     model.to(device).eval()
-    if device == "cpu" and dtype == torch.float32:
-        use_cpu_kernels(model)
+    token_step = None
+    if device == "cpu" and dtype == torch.float32 and (kernels := use_cpu_kernels(model)):
+        token_step = NeoXTokenStep.for_model(model, kernels)
     return LoadedModel(
         name=settings.model,
         source=source,
@@ -149,4 +153,5 @@ def load_model(settings: Settings) -> LoadedModel:
         max_positions=_max_positions(model.config),
         eos_id=tokenizer.eos_token_id,
         special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
+        token_step=token_step,
     )

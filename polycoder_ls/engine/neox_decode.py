@@ -1,128 +1,122 @@
-"""GPT-NeoX decoder layers that take a single-token step in a dozen calls.
+"""A GPT-NeoX model's whole single-token decode step in one call of the CPU kernels.
 
-Around its matrix products, transformers' GPT-NeoX layer runs some twenty small tensor operations
-and module calls per token (views, slices and concatenations for the rotary embedding, dropout,
-layer norms): 1.3-3.2 ms of a 160M-shaped model's ~25 ms decode step on a 2-core CPU
-(`bench/decode_cache.py`, with and without this step in one process). For one new token this
-step computes the same function with the layer's own weights and activation: layer norms, the
-four projections and the MLP on the CPU kernels, and one kernel for the rotary embedding, the
-KV-cache write and attention. Every other call (prefill chunks, batches, masks, other caches,
-training) runs transformers' own forward.
+Around its matrix products, transformers' GPT-NeoX forward runs some thirty small tensor
+operations and module calls per layer and token (views, slices and concatenations for the
+rotary embedding, dropout, layer norms, the cache update) and opens one thread team per
+product: ~3.4 ms of a 160M-shaped model's ~23 ms decode step on a 2-core CPU
+(`bench/decode_cache.py --profile`). For one new token after a preallocated cache, this step
+computes the same function with the model's own weights in one C call and one thread team:
+embedding row, per layer the layer norms, projections, rotary embedding, KV-cache write,
+attention and exact GELU, then the final norm and the LM head. Prefill chunks, batches and every
+other call run transformers' forward.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional
 from transformers import DynamicCache
 
-from .cpu_kernels import CpuKernels, KernelLinear
+from .cpu_kernels import CpuKernels, NeoXShape, optional_pointer
 from .kv_cache import PreallocatedLayer
 
+# Each layer's tensors in the order of `enum layer_pointer` in cpu_kernels.c (then its keys and
+# values); a missing bias is None.
+_LAYER_TENSORS = tuple(
+    attrgetter(path)
+    for path in (
+        "input_layernorm.weight",
+        "input_layernorm.bias",
+        "attention.query_key_value.weight",
+        "attention.query_key_value.bias",
+        "attention.dense.weight",
+        "attention.dense.bias",
+        "post_attention_layernorm.weight",
+        "post_attention_layernorm.bias",
+        "mlp.dense_h_to_4h.weight",
+        "mlp.dense_h_to_4h.bias",
+        "mlp.dense_4h_to_h.weight",
+        "mlp.dense_4h_to_h.bias",
+    )
+)
 
-def _layer_norm(norm: nn.LayerNorm, hidden: torch.Tensor) -> torch.Tensor:
-    return functional.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
+class NeoXTokenStep:
+    """Logits for one new token after the tokens in a preallocated cache (which it extends),
+    computed by the CPU kernels for a float32 GPTNeoXForCausalLM with exact GELU. It runs on the
+    weights the model had when the step was made."""
 
-def _project(linear: nn.Linear, kernels: CpuKernels, row: torch.Tensor) -> torch.Tensor:
-    return kernels.gemv(linear.weight, row, linear.bias)
-
-
-class NeoXDecodeStep:
-    """The single-token forward of one GPTNeoXLayer; `applies` says whether a call is one."""
-
-    def __init__(self, layer: Any, kernels: CpuKernels) -> None:
-        self.layer = layer
+    def __init__(self, model: Any, kernels: CpuKernels) -> None:
+        self.model = model
         self.kernels = kernels
-        attention = layer.attention
-        self.layer_index: int = attention.layer_idx
-        self.heads: int = attention.config.num_attention_heads
-        self.scale: float = attention.scaling
-
-    def applies(
-        self, hidden: torch.Tensor, mask: Any, cache: Any, rotary: Any, kwargs: dict[str, Any]
-    ) -> bool:
-        return (
-            not self.layer.training
-            and hidden.shape[:2] == (1, 1)
-            and hidden.dtype == torch.float32
-            and hidden.device.type == "cpu"
-            and mask is None
-            and rotary is not None
-            and not kwargs.get("output_attentions")
-            and isinstance(cache, DynamicCache)
-            and len(cache.layers) > self.layer_index
-            and isinstance(cache_layer := cache.layers[self.layer_index], PreallocatedLayer)
-            and cache_layer.is_initialized
+        base, config = model.gpt_neox, model.config
+        self.layers = list(base.layers)
+        # The tensors stay referenced, so their pointers stay valid for the step's lifetime.
+        self._weights = [[tensor(layer) for tensor in _LAYER_TENSORS] for layer in self.layers]
+        self._weight_pointers = [list(map(optional_pointer, weights)) for weights in self._weights]
+        attention = self.layers[0].attention
+        self.shape = dict(
+            layers=len(self.layers),
+            hidden=config.hidden_size,
+            heads=config.num_attention_heads,
+            head_dim=attention.head_size,
+            intermediate=config.intermediate_size,
+            rotary_dim=attention.rotary_ndims,
+            vocab=model.get_output_embeddings().out_features,
+            eps=config.layer_norm_eps,
+            scale=attention.scaling,
+            parallel_residual=int(config.use_parallel_residual),
         )
 
-    def __call__(
-        self, hidden: torch.Tensor, cache: DynamicCache, rotary: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        layer, kernels = self.layer, self.kernels
-        attention, mlp = layer.attention, layer.mlp
-        row = hidden.reshape(-1)
-        qkv = _project(attention.query_key_value, kernels, _layer_norm(layer.input_layernorm, row))
-        cache_layer = cache.layers[self.layer_index]
-        assert isinstance(cache_layer, PreallocatedLayer)
-        keys, values, position = cache_layer.append_row()
-        cos, sin = (part.reshape(-1).contiguous() for part in rotary)
-        heads_out = kernels.neox_attend_step(
-            qkv.view(self.heads, -1), (cos, sin), (keys, values), position, self.scale
+    @classmethod
+    def for_model(cls, model: Any, kernels: CpuKernels) -> NeoXTokenStep | None:
+        """The step for `model`, or None where the kernels do not compute what it computes."""
+        from transformers import GPTNeoXForCausalLM
+
+        if not isinstance(model, GPTNeoXForCausalLM) or model.config.hidden_act != "gelu":
+            return None
+        if not all(
+            parameter.dtype == torch.float32
+            and parameter.device.type == "cpu"
+            and parameter.is_contiguous()
+            for parameter in model.parameters()
+        ):
+            return None
+        return cls(model, kernels)
+
+    def applies(self, cache: Any) -> bool:
+        if self.model.training or not isinstance(cache, DynamicCache):
+            return False
+        layers = [
+            layer
+            for layer in cache.layers
+            if isinstance(layer, PreallocatedLayer) and layer.is_initialized
+        ]
+        return len(layers) == len(cache.layers) == len(self.layers) and {
+            (layer.length, layer.sequences) for layer in layers
+        } == {(layers[0].length, 1)}
+
+    def __call__(self, token: int, cache: DynamicCache) -> torch.Tensor:
+        """The logits [vocab] after `token`; its keys and values are appended to `cache`."""
+        position = cache.get_seq_length()
+        embedding = self.model.get_input_embeddings().weight[token]
+        cos, sin = self.model.gpt_neox.rotary_emb(embedding, torch.tensor([[position]]))
+        pointers: list[int | None] = []
+        head_strides = []
+        for weight_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
+            assert isinstance(cache_layer, PreallocatedLayer)
+            keys, values, _ = cache_layer.append_row()
+            pointers += [*weight_pointers, keys.data_ptr(), values.data_ptr()]
+            head_strides.append(keys.stride(0))
+        final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
+        return self.kernels.neox_token_step(
+            NeoXShape(**self.shape, position=position),
+            embedding,
+            pointers,
+            head_strides,
+            (cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()),
+            (final_norm.weight, final_norm.bias),
+            (head.weight, head.bias),
         )
-        attended = _project(attention.dense, kernels, heads_out.view(-1))
-        if layer.use_parallel_residual:
-            mlp_input = _layer_norm(layer.post_attention_layernorm, row)
-            residual = row + attended
-        else:
-            residual = row + attended
-            mlp_input = _layer_norm(layer.post_attention_layernorm, residual)
-        expanded = mlp.act(_project(mlp.dense_h_to_4h, kernels, mlp_input))
-        out = residual + _project(mlp.dense_4h_to_h, kernels, expanded)
-        return out.view_as(hidden)
-
-
-def _stepping_forward(step: NeoXDecodeStep, original: Any) -> Any:
-    def forward(
-        hidden_states: torch.Tensor,
-        attention_mask: Any = None,
-        position_ids: Any = None,
-        use_cache: bool | None = False,
-        layer_past: Any = None,
-        position_embeddings: Any = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if step.applies(hidden_states, attention_mask, layer_past, position_embeddings, kwargs):
-            return step(hidden_states, layer_past, position_embeddings)
-        return original(
-            hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            layer_past=layer_past,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
-
-    return forward
-
-
-def use_neox_decode_steps(model: nn.Module, kernels: CpuKernels) -> int:
-    """Give every GPTNeoXLayer of `model` whose projections run on the kernels the single-token
-    step; return how many layers got it."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
-
-    layers = [
-        layer
-        for layer in model.modules()
-        if isinstance(layer, GPTNeoXLayer)
-        and isinstance(layer.attention.query_key_value, KernelLinear)
-        and isinstance(layer.mlp.dense_4h_to_h, KernelLinear)
-    ]
-    for layer in layers:
-        # An instance attribute: nn.Module.__call__ looks up self.forward.
-        layer.forward = _stepping_forward(NeoXDecodeStep(layer, kernels), layer.forward)  # type: ignore[method-assign]
-    return len(layers)

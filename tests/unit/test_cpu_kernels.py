@@ -1,20 +1,25 @@
-"""The CPU decode kernels compute what torch computes, and the model falls back to torch's
-operators when they cannot be built."""
+"""The CPU decode kernels, and the whole-model decode step built on them, compute what torch
+and transformers compute; the model falls back to torch's operators when they cannot be built."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from polycoder_ls.engine import cpu_kernels, neox_decode
+from polycoder_ls.config import Settings
+from polycoder_ls.engine import cpu_kernels
 from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelLinear, use_cpu_kernels
+from polycoder_ls.engine.generate import DecodeParams, Generator
 from polycoder_ls.engine.kv_cache import preallocated_cache
+from polycoder_ls.engine.loading import load_model
+from polycoder_ls.engine.neox_decode import NeoXTokenStep
 
 
 @pytest.fixture(scope="module")
@@ -84,43 +89,82 @@ def test_a_model_on_the_kernels_decodes_what_torch_decodes(tiny_model: Path):
         torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("parallel_residual", "rotary_share"), [(False, 1.0), (True, 0.25), (True, 1.0)]
-)
-def test_fused_decode_steps_compute_what_transformers_layers_compute(
-    parallel_residual, rotary_share, monkeypatch
-):
-    config = GPTNeoXConfig(
-        vocab_size=300,
-        hidden_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=384,
-        max_position_embeddings=512,
-        use_parallel_residual=parallel_residual,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": rotary_share,
-        },
-    )
+def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeoXForCausalLM:
     torch.manual_seed(7)
-    plain = GPTNeoXForCausalLM(config).eval()
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=300,
+            hidden_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=384,
+            max_position_embeddings=512,
+            use_parallel_residual=parallel_residual,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": rotary_share,
+            },
+            **config,
+        )
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("parallel_residual", "rotary_share", "attention_bias"),
+    [(False, 1.0, True), (True, 0.25, True), (True, 1.0, False)],
+)
+def test_the_whole_model_decode_step_computes_what_transformers_computes(
+    parallel_residual, rotary_share, attention_bias
+):
+    plain = _neox(parallel_residual, rotary_share, attention_bias=attention_bias)
     fast = copy.deepcopy(plain)
-    assert use_cpu_kernels(fast)
-    fused_steps = []
-    step = neox_decode.NeoXDecodeStep.__call__
-    monkeypatch.setattr(
-        neox_decode.NeoXDecodeStep,
-        "__call__",
-        lambda self, *args: fused_steps.append(self.layer_index) or step(self, *args),
-    )
+    kernels = use_cpu_kernels(fast)
+    assert kernels is not None
+    step = NeoXTokenStep.for_model(fast, kernels)
+    assert step is not None
     # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
     prompt = [1 + (i * 13) % 290 for i in range(250)]
-    expected, got = _decode_logits(plain, prompt, 12), _decode_logits(fast, prompt, 12)
-    for step_expected, step_got in zip(expected, got, strict=True):
-        torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
-    assert len(fused_steps) == 12 * 3
+    expected_cache, cache = preallocated_cache(3, len(prompt)), preallocated_cache(3, len(prompt))
+    with torch.inference_mode():
+        expected = plain(input_ids=torch.tensor([prompt]), cache=expected_cache).logits[0, -1]
+        fast(input_ids=torch.tensor([prompt]), cache=cache)
+        for _ in range(12):
+            token = int(expected.argmax())
+            expected = plain(input_ids=torch.tensor([[token]]), cache=expected_cache).logits[0, -1]
+            assert step.applies(cache)
+            torch.testing.assert_close(step(token, cache), expected, rtol=1e-4, atol=1e-4)
+    assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 12
+    for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+
+
+def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
+    kernels = CpuKernels.load()
+    other_activation = _neox(False, 1.0, hidden_act="relu")
+    assert NeoXTokenStep.for_model(other_activation, kernels) is None
+    step = NeoXTokenStep.for_model(_neox(False, 1.0), kernels)
+    assert step is not None
+    assert not step.applies(DynamicCache())
+    assert not step.applies(preallocated_cache(3, 16)), "an empty cache has no prompt in it"
+
+
+def test_the_generator_decodes_with_the_whole_model_step(tiny_model: Path, monkeypatch):
+    loaded = load_model(Settings(model=str(tiny_model)))
+    assert loaded.token_step is not None
+    calls = []
+    step = NeoXTokenStep.__call__
+    monkeypatch.setattr(
+        NeoXTokenStep, "__call__", lambda self, *args: calls.append(args[0]) or step(self, *args)
+    )
+    greedy = DecodeParams(max_new_tokens=10, temperature=0.0, top_p=1.0)
+    text, stats = Generator(loaded).generate(
+        "doc", list(range(5, 60)), greedy, lambda _: False, lambda: False
+    )
+    assert stats.generated_tokens == 10
+    assert len(calls) == 9, "every token after the first comes from the step"
+    assert loaded.decode(calls) == text[: len(loaded.decode(calls))]
 
 
 def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypatch, caplog):
