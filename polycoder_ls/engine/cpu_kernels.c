@@ -79,8 +79,8 @@ void pcls_gemv(const float *weight, const float *x, const float *bias, float *y,
 }
 
 /* Softmax attention of one query q[dim] over `length` rows of k and v; writes o[dim], uses s. */
-static void attend_head(const float *q, const float *k, const float *v, float *o, float *s,
-                        int64_t length, int64_t dim, float scale) {
+static void attend_head_any(const float *q, const float *k, const float *v, float *o, float *s,
+                            int64_t length, int64_t dim, float scale) {
     float largest = dot(q, k, dim) * scale;
     for (int64_t position = 0; position < length; position++) {
         s[position] = dot(q, k + position * dim, dim) * scale;
@@ -96,6 +96,69 @@ static void attend_head(const float *q, const float *k, const float *v, float *o
     }
     for (int64_t position = 0; position < length; position++) {
         axpy(o, s[position] / total, v + position * dim, dim);
+    }
+}
+
+enum { MAX_BLOCKS = 16 };
+
+/* attend_head_any for a dim of `blocks` * 8 floats, known when this is inlined: the query and
+ * the output stay in registers while the keys and values stream past. */
+static inline __attribute__((always_inline)) void attend_head_blocks(
+    const float *q, const float *k, const float *v, float *o, float *s, int64_t length,
+    const int blocks, float scale) {
+    const int64_t dim = 8 * blocks;
+    __m256 query[MAX_BLOCKS], out[MAX_BLOCKS];
+    for (int b = 0; b < blocks; b++) {
+        query[b] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * b), _mm256_set1_ps(scale));
+        out[b] = _mm256_setzero_ps();
+    }
+    float largest = 0.0f;
+    for (int64_t position = 0; position < length; position++) {
+        const float *row = k + position * dim;
+        __m256 even = _mm256_mul_ps(query[0], _mm256_loadu_ps(row));
+        __m256 odd = _mm256_setzero_ps();
+        for (int b = 1; b < blocks; b++) {
+            if (b % 2) {
+                odd = _mm256_fmadd_ps(query[b], _mm256_loadu_ps(row + 8 * b), odd);
+            } else {
+                even = _mm256_fmadd_ps(query[b], _mm256_loadu_ps(row + 8 * b), even);
+            }
+        }
+        s[position] = sum8(_mm256_add_ps(even, odd));
+        largest = position == 0 || s[position] > largest ? s[position] : largest;
+    }
+    float total = 0.0f;
+    for (int64_t position = 0; position < length; position++) {
+        s[position] = expf(s[position] - largest);
+        total += s[position];
+    }
+    for (int64_t position = 0; position < length; position++) {
+        const float *row = v + position * dim;
+        __m256 weight = _mm256_set1_ps(s[position]);
+        for (int b = 0; b < blocks; b++) {
+            out[b] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row + 8 * b), out[b]);
+        }
+    }
+    __m256 inverse = _mm256_set1_ps(1.0f / total);
+    for (int b = 0; b < blocks; b++) {
+        _mm256_storeu_ps(o + 8 * b, _mm256_mul_ps(out[b], inverse));
+    }
+}
+
+static void attend_head(const float *q, const float *k, const float *v, float *o, float *s,
+                        int64_t length, int64_t dim, float scale) {
+    switch (dim) {
+    case 64:
+        attend_head_blocks(q, k, v, o, s, length, 8, scale);
+        break;
+    case 80:
+        attend_head_blocks(q, k, v, o, s, length, 10, scale);
+        break;
+    case 128:
+        attend_head_blocks(q, k, v, o, s, length, 16, scale);
+        break;
+    default:
+        attend_head_any(q, k, v, o, s, length, dim, scale);
     }
 }
 

@@ -36,7 +36,9 @@ def test_matrix_vector_product_matches_torch(kernels, inputs, outputs):
     torch.testing.assert_close(kernels.gemv(weight, row, None), weight @ row, **close)
 
 
-@pytest.mark.parametrize(("heads", "length", "dim"), [(12, 1900, 64), (4, 1, 80), (3, 37, 13)])
+@pytest.mark.parametrize(
+    ("heads", "length", "dim"), [(12, 1900, 64), (4, 1, 80), (2, 5, 128), (3, 37, 13)]
+)
 def test_single_query_attention_matches_sdpa_over_a_cache_with_room_to_spare(
     kernels, heads, length, dim
 ):
