@@ -308,11 +308,15 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     decode_ms, bandwidth = bandwidth_around(best_decode_ms)
     floor_ms = (weight_bytes + kv_bytes) / (bandwidth["best"] * 1e9) * 1000
 
+    # Cancel at a random moment of the generation (prefill or decode), within its first 3 s:
+    # a small model finishes 400 tokens in under a second.
     rng = random.Random(args.seed)
-    stop_ms = [
-        _cancel_to_stop_ms(generator, prompt[: 1000 + trial], rng.uniform(0.2, 3.0))
+    window_s = min(3.0, _uncancelled_seconds(generator, prompt[:1000]))
+    trials = [
+        _cancel_to_stop_ms(generator, prompt[: 1000 + trial], rng.uniform(0.05, 0.95) * window_s)
         for trial in range(args.cancel_trials)
     ]
+    stop_ms = [ms for ms in trials if ms is not None]
     return {
         "bandwidthGBps": bandwidth["best"],
         "bandwidthByReaderGBps": bandwidth,
@@ -329,20 +333,35 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> float:
-    """Start a long generation (a fresh document: prefill, then decode), cancel it after
-    `delay_s`, and time how long it takes to stop."""
+LONG_GENERATION = 400  # new tokens
+
+
+def _uncancelled_seconds(generator: Any, prompt: list[int]) -> float:
+    """How long a long generation for a fresh document (prefill, then decode) runs."""
+    from polycoder_ls.engine.generate import DecodeParams
+
+    long = DecodeParams(max_new_tokens=LONG_GENERATION, temperature=0.0, top_p=1.0)
+    started = time.perf_counter()
+    generator.generate(str(uuid.uuid4()), prompt, long, lambda _: False, lambda: False)
+    return time.perf_counter() - started
+
+
+def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> float | None:
+    """Start a long generation for a fresh document, cancel it after `delay_s`, and time how
+    long it takes to stop; None if it ended before the cancel."""
     import threading
 
     from polycoder_ls.engine.generate import DecodeParams
 
     cancel = threading.Event()
-    stopped: list[float] = []
-    long = DecodeParams(max_new_tokens=400, temperature=0.0, top_p=1.0)
+    stopped: list[tuple[float, bool]] = []
+    long = DecodeParams(max_new_tokens=LONG_GENERATION, temperature=0.0, top_p=1.0)
 
     def run() -> None:
-        generator.generate(str(uuid.uuid4()), prompt, long, lambda text: False, cancel.is_set)
-        stopped.append(time.perf_counter())
+        _, stats = generator.generate(
+            str(uuid.uuid4()), prompt, long, lambda text: False, cancel.is_set
+        )
+        stopped.append((time.perf_counter(), stats.cancelled))
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -350,7 +369,8 @@ def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> flo
     cancelled_at = time.perf_counter()
     cancel.set()
     worker.join()
-    return (stopped[0] - cancelled_at) * 1000
+    stopped_at, was_cancelled = stopped[0]
+    return (stopped_at - cancelled_at) * 1000 if was_cancelled else None
 
 
 def build(shape: str, directory: Path) -> Path:
