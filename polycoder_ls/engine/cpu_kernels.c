@@ -44,7 +44,8 @@ static inline void axpy(float *out, float weight, const float *row, int64_t n) {
     __m256 w = _mm256_set1_ps(weight);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(w, _mm256_loadu_ps(row + i), _mm256_loadu_ps(out + i)));
+        __m256 sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + i), _mm256_loadu_ps(out + i));
+        _mm256_storeu_ps(out + i, sum);
     }
     for (; i < n; i++) {
         out[i] += weight * row[i];
@@ -279,12 +280,13 @@ void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding
             gemv_rows(p[DENSE_WEIGHT], attended, p[DENSE_BIAS], projected, hidden, hidden, STORE);
 #pragma omp single
             {
+                const float *norm_weight = p[POST_NORM_WEIGHT], *norm_bias = p[POST_NORM_BIAS];
                 if (shape->parallel_residual) {
-                    layer_norm(x, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], normed, hidden, shape->eps);
+                    layer_norm(x, norm_weight, norm_bias, normed, hidden, shape->eps);
                     add(x, projected, hidden);
                 } else {
                     add(x, projected, hidden);
-                    layer_norm(x, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], normed, hidden, shape->eps);
+                    layer_norm(x, norm_weight, norm_bias, normed, hidden, shape->eps);
                 }
             }
             gemv_rows(p[FC_IN_WEIGHT], normed, p[FC_IN_BIAS], expanded, shape->intermediate,
