@@ -311,9 +311,12 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     # Cancel at a random moment of the generation (prefill or decode), within its first 3 s:
     # a small model finishes 400 tokens in under a second.
     rng = random.Random(args.seed)
-    window_s = min(3.0, _uncancelled_seconds(generator, prompt[:1000]))
+    long = DecodeParams(max_new_tokens=400, temperature=0.0, top_p=1.0)
+    window_s = min(3.0, _uncancelled_seconds(generator, prompt[:1000], long))
     trials = [
-        _cancel_to_stop_ms(generator, prompt[: 1000 + trial], rng.uniform(0.05, 0.95) * window_s)
+        _cancel_to_stop_ms(
+            generator, prompt[: 1000 + trial], long, rng.uniform(0.05, 0.95) * window_s
+        )
         for trial in range(args.cancel_trials)
     ]
     stop_ms = [ms for ms in trials if ms is not None]
@@ -333,33 +336,26 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-LONG_GENERATION = 400  # new tokens
-
-
-def _uncancelled_seconds(generator: Any, prompt: list[int]) -> float:
-    """How long a long generation for a fresh document (prefill, then decode) runs."""
-    from polycoder_ls.engine.generate import DecodeParams
-
-    long = DecodeParams(max_new_tokens=LONG_GENERATION, temperature=0.0, top_p=1.0)
+def _uncancelled_seconds(generator: Any, prompt: list[int], params: Any) -> float:
+    """How long a generation for a fresh document (prefill, then decode) runs."""
     started = time.perf_counter()
-    generator.generate(str(uuid.uuid4()), prompt, long, lambda _: False, lambda: False)
+    generator.generate(str(uuid.uuid4()), prompt, params, lambda _: False, lambda: False)
     return time.perf_counter() - started
 
 
-def _cancel_to_stop_ms(generator: Any, prompt: list[int], delay_s: float) -> float | None:
-    """Start a long generation for a fresh document, cancel it after `delay_s`, and time how
-    long it takes to stop; None if it ended before the cancel."""
+def _cancel_to_stop_ms(
+    generator: Any, prompt: list[int], params: Any, delay_s: float
+) -> float | None:
+    """Start a generation for a fresh document, cancel it after `delay_s`, and time how long it
+    takes to stop; None if it ended before the cancel."""
     import threading
-
-    from polycoder_ls.engine.generate import DecodeParams
 
     cancel = threading.Event()
     stopped: list[tuple[float, bool]] = []
-    long = DecodeParams(max_new_tokens=LONG_GENERATION, temperature=0.0, top_p=1.0)
 
     def run() -> None:
         _, stats = generator.generate(
-            str(uuid.uuid4()), prompt, long, lambda text: False, cancel.is_set
+            str(uuid.uuid4()), prompt, params, lambda text: False, cancel.is_set
         )
         stopped.append((time.perf_counter(), stats.cancelled))
 

@@ -18,8 +18,8 @@ class ReferenceModel:
     def __init__(self, model_dir: Path) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        # The server's CPU decode kernels: the same arithmetic, so that a near-tie between two
-        # logits of a random-weight model cannot flip differently in two summation orders.
+        # The server's CPU kernels for matrix products and attention: the same summation orders,
+        # so that a near-tie between two logits of a random-weight model cannot flip differently.
         use_cpu_kernels(self.model)
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:

@@ -79,6 +79,16 @@ void pcls_gemv(const float *weight, const float *x, const float *bias, float *y,
     gemv_rows(weight, x, bias, y, out_features, in_features, STORE);
 }
 
+/* s[i] = exp(s[i] - largest) over `length` scores; returns their sum. */
+static float exponentiate(float *s, int64_t length, float largest) {
+    float total = 0.0f;
+    for (int64_t position = 0; position < length; position++) {
+        s[position] = expf(s[position] - largest);
+        total += s[position];
+    }
+    return total;
+}
+
 /* Softmax attention of one query q[dim] over `length` rows of k and v; writes o[dim], uses s. */
 static void attend_head_any(const float *q, const float *k, const float *v, float *o, float *s,
                             int64_t length, int64_t dim, float scale) {
@@ -87,11 +97,7 @@ static void attend_head_any(const float *q, const float *k, const float *v, floa
         s[position] = dot(q, k + position * dim, dim) * scale;
         largest = s[position] > largest ? s[position] : largest;
     }
-    float total = 0.0f;
-    for (int64_t position = 0; position < length; position++) {
-        s[position] = expf(s[position] - largest);
-        total += s[position];
-    }
+    float total = exponentiate(s, length, largest);
     for (int64_t i = 0; i < dim; i++) {
         o[i] = 0.0f;
     }
@@ -128,11 +134,7 @@ static inline __attribute__((always_inline)) void attend_head_blocks(
         s[position] = sum8(_mm256_add_ps(even, odd));
         largest = position == 0 || s[position] > largest ? s[position] : largest;
     }
-    float total = 0.0f;
-    for (int64_t position = 0; position < length; position++) {
-        s[position] = expf(s[position] - largest);
-        total += s[position];
-    }
+    float total = exponentiate(s, length, largest);
     for (int64_t position = 0; position < length; position++) {
         const float *row = v + position * dim;
         __m256 weight = _mm256_set1_ps(s[position]);

@@ -121,7 +121,7 @@ class CpuKernels:
         self.library.pcls_gemv(
             weight.data_ptr(),
             row.data_ptr(),
-            None if bias is None else bias.data_ptr(),
+            optional_pointer(bias),
             out.data_ptr(),
             weight.shape[0],
             weight.shape[1],

@@ -72,16 +72,16 @@ class PreallocatedLayer(DynamicLayer):
         """The batch size (0 before the first update)."""
         return 0 if self._key_buffer is None else self._key_buffer.shape[0]
 
-    def append_row(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def append_row(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Room for one more token, counted as filled: the first sequence's keys and values
-        ([heads, length, dim], rows strided as in the buffer) and the row the caller must write."""
-        position = self.length
-        if position + 1 > self.capacity:
+        ([heads, length, dim], rows strided as in the buffer), whose last row the caller must
+        write."""
+        if self.length + 1 > self.capacity:
             assert self._key_buffer is not None and self._value_buffer is not None
             self._allocate(self._key_buffer, self._value_buffer, _round_up(2 * self.capacity))
-        self.length = position + 1
+        self.length += 1
         keys, values = self._expose()
-        return keys[0], values[0], position
+        return keys[0], values[0]
 
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0

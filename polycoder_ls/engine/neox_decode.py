@@ -107,7 +107,7 @@ class NeoXTokenStep:
         head_strides = []
         for weight_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
             assert isinstance(cache_layer, PreallocatedLayer)
-            keys, values, _ = cache_layer.append_row()
+            keys, values = cache_layer.append_row()
             pointers += [*weight_pointers, keys.data_ptr(), values.data_ptr()]
             head_strides.append(keys.stride(0))
         final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
