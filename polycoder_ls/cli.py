@@ -97,6 +97,19 @@ def _configure_logging(log_file: Path | None, verbosity: int) -> None:
         logging.getLogger("pygls").setLevel(logging.WARNING)
 
 
+def _drop_library_handlers() -> None:
+    """huggingface_hub and transformers add stderr handlers of their own when imported: each
+    warning would be printed twice, once without our format (and never to --log-file)."""
+    import huggingface_hub.utils.logging  # noqa: F401  (adds its handler on import)
+    import transformers.utils.logging  # noqa: F401
+
+    for name in ("huggingface_hub", "transformers"):
+        library = logging.getLogger(name)
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.propagate = True
+
+
 def _parse_target(target: str) -> tuple[Path, int, int]:
     parts = target.rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
@@ -234,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as transformers_logging
 
+    _drop_library_handlers()
     transformers_logging.disable_progress_bar()
     if args.command in ("eval", "train"):
         transformers_logging.set_verbosity_error()  # whole files exceed the model's length

@@ -223,7 +223,7 @@ def apply_settings(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
     Returns the new settings and one readable message per rejected value; keys the object
     leaves out keep their current value.
     """
-    if raw is None:
+    if raw is None or raw == []:  # an empty Lua table is encoded as []
         return current, []
     if not isinstance(raw, Mapping):
         return current, [f"polycoder settings must be an object, got {type(raw).__name__}"]

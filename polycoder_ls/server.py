@@ -19,7 +19,8 @@ from . import __version__
 from .cache import CompletionCache
 from .config import Settings, apply_settings
 from .documents import Cursor, DocumentStore, cursor_at
-from .engine import Engine
+from .engine import Engine, EngineStatus, LoadEvents, short_model_name
+from .engine.loading import resolve_model
 from .postprocess import Suggestion
 from .status import LastRequest, Metrics
 
@@ -66,6 +67,8 @@ class PolycoderLanguageServer(LanguageServer):
         self.engine = engine
         self.cache = CompletionCache(self.settings.cache.size, self.settings.cache.ttl_seconds)
         self.metrics = Metrics()
+        self.reported_problems: set[str] = set()
+        """The problems of the last settings object, so that each is shown once."""
         self.model_loaded: asyncio.Future[Any] | None = None
         self.shutdown_requested = False
         self.editor_watch: asyncio.Future[None] | None = None
@@ -93,7 +96,9 @@ class PolycoderLanguageServer(LanguageServer):
         previous = self.settings
         self.settings, problems = apply_settings(previous, raw)
         for problem in problems:
-            self.show_message(f"polycoder-ls: {problem}", types.MessageType.Warning)
+            if problem not in self.reported_problems:  # the same object pushed and pulled
+                self.show_message(f"polycoder-ls: {problem}", types.MessageType.Warning)
+        self.reported_problems = set(problems)
         if self.settings != previous:
             self.cache = CompletionCache(self.settings.cache.size, self.settings.cache.ttl_seconds)
         return self.settings.needs_reload(previous)
@@ -114,21 +119,37 @@ class PolycoderLanguageServer(LanguageServer):
         return answer[0] if answer else None
 
     async def load_model(self) -> None:
-        """(Re)load the configured model, showing work-done progress; errors are shown."""
+        """(Re)load the configured model, showing work-done progress; problems are shown once.
+        A model that must be downloaded first comes later, in the background, while the
+        fallback model serves."""
         self.cache.clear()
-        self.model_loaded = asyncio.wrap_future(self.engine.load(self.settings))
-        async with self._progress(f"Loading {self.settings.model}"):
+        events = _BackgroundLoad(self, asyncio.get_running_loop())
+        self.model_loaded = asyncio.wrap_future(self.engine.load(self.settings, events))
+        async with self.work_progress(f"Loading {self.settings.model}"):
             status = await asyncio.shield(self.model_loaded)
-        if status.fallback_from is not None:
-            self.show_message(
-                f"polycoder-ls: {status.error}. Serving the fallback model "
-                f"'{self.settings.fallback_model}' instead (setting fallbackModel).",
-                types.MessageType.Warning,
-            )
-        elif status.error is not None:
-            self.show_message(f"polycoder-ls: {status.error}", types.MessageType.Error)
+        for notice in status.notices:
+            self.show_message(f"polycoder-ls: {notice}", types.MessageType.Warning)
+        self.report_model_problem(status)
 
-    def _progress(self, title: str) -> _WorkDoneProgress:
+    def report_model_problem(self, status: EngineStatus) -> None:
+        """One line when the configured model is not the one that serves, and will not be."""
+        if status.error is None:
+            if status.fallback_from is not None:
+                log.info("serving %s", status.label)
+            return
+        if status.fallback_from is None or status.state != "ready":
+            self.show_message(f"polycoder-ls: {status.error}", types.MessageType.Error)
+            return
+        configured = short_model_name(resolve_model(status.fallback_from))
+        fallback = self.settings.fallback_model
+        setting = " (fallbackModel)" if fallback and resolve_model(fallback) == status.model else ""
+        self.show_message(
+            f"polycoder-ls: cannot serve {configured}: {status.error}; "
+            f"serving {short_model_name(status.model)} instead{setting}",
+            types.MessageType.Warning,
+        )
+
+    def work_progress(self, title: str) -> _WorkDoneProgress:
         window = self.client_capabilities.window
         enabled = window is not None and bool(window.work_done_progress)
         return _WorkDoneProgress(self, title, enabled)
@@ -208,13 +229,14 @@ def _ms_since(started: float) -> float:
 
 
 class _WorkDoneProgress:
-    """`$/progress` begin/end around a block, when the client supports it."""
+    """`$/progress` begin/report/end, when the client supports it."""
 
     def __init__(self, server: LanguageServer, title: str, enabled: bool) -> None:
         self._server, self._title, self._enabled = server, title, enabled
         self._token = str(uuid.uuid4())
+        self._begun = False
 
-    async def __aenter__(self) -> None:
+    async def begin(self) -> None:
         if not self._enabled:
             return
         progress = self._server.work_done_progress
@@ -224,11 +246,59 @@ class _WorkDoneProgress:
             log.warning("progress not available: %r", error)
             self._enabled = False
             return
-        progress.begin(self._token, types.WorkDoneProgressBegin(title=self._title))
+        progress.begin(self._token, types.WorkDoneProgressBegin(title=self._title, percentage=0))
+        self._begun = True
+
+    def report(self, message: str, percentage: int | None = None) -> None:
+        if self._begun:
+            value = types.WorkDoneProgressReport(message=message, percentage=percentage)
+            self._server.work_done_progress.report(self._token, value)
+
+    def end(self, message: str | None = None) -> None:
+        if self._begun:
+            self._begun = False
+            value = types.WorkDoneProgressEnd(message=message)
+            self._server.work_done_progress.end(self._token, value)
+
+    async def __aenter__(self) -> None:
+        await self.begin()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._enabled:
-            self._server.work_done_progress.end(self._token, types.WorkDoneProgressEnd())
+        self.end()
+
+
+class _BackgroundLoad(LoadEvents):
+    """A model downloaded and loaded while the fallback serves: progress with bytes, and the
+    switch (or the reason it failed) once. Engine threads call in; the event loop acts."""
+
+    def __init__(self, server: PolycoderLanguageServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server, self._loop = server, loop
+        self._progress: _WorkDoneProgress | None = None
+        self._begin: asyncio.Task[None] | None = None
+        self._shown = (-1, 0.0)  # percentage and time of the last report sent
+
+    def download_progress(self, done_bytes: int, total_bytes: int) -> None:
+        self._loop.call_soon_threadsafe(self._on_progress, done_bytes, total_bytes)
+
+    def background_load_ended(self, status: EngineStatus) -> None:
+        self._loop.call_soon_threadsafe(self._on_ended, status)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self._progress is None:
+            model = self._server.settings.model
+            self._progress = self._server.work_progress(f"Downloading {model}")
+            self._begin = asyncio.ensure_future(self._progress.begin())
+        percentage = int(100 * done / total) if total else 0
+        if percentage == self._shown[0] and time.monotonic() - self._shown[1] < 1:
+            return
+        self._shown = (percentage, time.monotonic())
+        self._progress.report(f"{done / 1e6:.1f} of {total / 1e6:.1f} MB", percentage)
+
+    def _on_ended(self, status: EngineStatus) -> None:
+        if self._progress is not None:
+            self._progress.end()
+        self._server.cache.clear()  # answers of the fallback model
+        self._server.report_model_problem(status)
 
 
 def create_server(engine: Engine | None = None) -> PolycoderLanguageServer:

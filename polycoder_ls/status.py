@@ -83,4 +83,6 @@ def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -
         payload["error"] = engine.error
     if engine.fallback_from is not None:
         payload["fallbackFrom"] = engine.fallback_from
+        payload["fallbackReason"] = engine.fallback_reason
+    payload["label"] = engine.label
     return payload

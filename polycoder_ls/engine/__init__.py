@@ -18,7 +18,15 @@ from ..documents import Cursor
 from ..postprocess import Suggestion, postprocess
 from ..prompt import build_prompt, token_budget
 from .generate import DecodeParams, GenerationStats, Generator
-from .loading import LoadedModel, ModelLoadError, load_model, resolve_model
+from .hub import ByteProgress, download, first_line
+from .loading import (
+    LoadedModel,
+    ModelLoadError,
+    NotDownloaded,
+    load_model,
+    resolve_model,
+    use_threads,
+)
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,27 @@ class EngineStatus:
     device: str = ""
     dtype: str = ""
     error: str | None = None
+    """Why the configured model is not served (final), in one line."""
     fallback_from: str | None = None
-    """The configured model, when it could not be loaded and `model` is the fallback."""
+    """The configured model, when `model` is served in its place (the fallback model, or the
+    model that was serving before a change that could not be honoured)."""
+    fallback_reason: str | None = None
+    """Why `model` is served instead: the error, or what is under way (downloading...)."""
+    notices: tuple[str, ...] = ()
+    """Settings that could not be honoured, and what was done instead (shown once)."""
+
+    @property
+    def label(self) -> str:
+        """What a status bar shows: "nano (fallback for PolyCoder-160M: <reason>)"."""
+        name = short_model_name(self.model)
+        if self.fallback_from is None:
+            return name
+        configured = short_model_name(resolve_model(self.fallback_from))
+        return f"{name} (fallback for {configured}: {self.fallback_reason})"
+
+
+def short_model_name(model: str) -> str:
+    return next((part for part in reversed(model.replace("\\", "/").split("/")) if part), model)
 
 
 @dataclass(frozen=True)
@@ -41,57 +68,194 @@ class CompletionOutcome:
     stats: GenerationStats
 
 
+class LoadEvents:
+    """What happens to a model that loads in the background (called from engine threads)."""
+
+    def download_progress(self, done_bytes: int, total_bytes: int) -> None:
+        pass
+
+    def background_load_ended(self, status: EngineStatus) -> None:
+        """The configured model replaced the fallback (or could not be fetched)."""
+
+
+Downloader = Callable[[str, ByteProgress], str]
+
+
 class Engine:
     """Owns the inference worker and, through it, the model."""
 
     def __init__(
-        self, loader: Callable[[Settings], LoadedModel] = load_model, naive: bool = False
+        self,
+        loader: Callable[[Settings], LoadedModel] = load_model,
+        naive: bool = False,
+        downloader: Downloader = download,
     ) -> None:
         """`naive`: the benchmark's baseline, the design of the usual completion servers: no KV
         reuse, and a started generation always runs to its end (a cancelled request that has
         not started yet is still dropped)."""
         self._loader = loader
+        self._downloader = downloader
         self._naive = naive
         self._worker = InferenceWorker()
         self._generator: Generator | None = None
         self._cancel_events: dict[str, threading.Event] = {}
-        self.status = EngineStatus(state="loading", model="")
+        self._status_lock = threading.Lock()
+        self._load_generation = 0
+        self._status = EngineStatus(state="loading", model="")
 
-    def load(self, settings: Settings) -> Future[EngineStatus]:
-        """Replace the model (in the background); in-flight requests are cancelled."""
+    @property
+    def status(self) -> EngineStatus:
+        return self._status
+
+    def load(self, settings: Settings, events: LoadEvents | None = None) -> Future[EngineStatus]:
+        """Replace the model (in the background); in-flight requests are cancelled. The
+        future ends once something serves: the model, or the fallback while the model is
+        downloaded and loaded on another thread (then `events` hears of it)."""
         self.cancel_all()
-        self.status = EngineStatus(state="loading", model=resolve_model(settings.model))
-        return self._worker.submit(lambda: self._load(settings))
+        with self._status_lock:
+            self._load_generation += 1
+            generation = self._load_generation
+            self._status = EngineStatus(state="loading", model=resolve_model(settings.model))
+        return self._worker.submit(lambda: self._load(settings, generation, events or LoadEvents()))
 
-    def _load(self, settings: Settings) -> EngineStatus:
-        self._generator = None
-        gc.collect()
+    def _publish(self, generation: int, status: EngineStatus) -> bool:
+        """Make `status` the engine's, unless a newer load has started since `generation`."""
+        with self._status_lock:
+            if generation != self._load_generation:
+                return False
+            self._status = status
+            return True
+
+    def _is_current(self, generation: int) -> bool:
+        return generation == self._load_generation
+
+    def _load(self, settings: Settings, generation: int, events: LoadEvents) -> EngineStatus:
+        if not self._is_current(generation):
+            return self._status  # a newer load is queued behind this one
         try:
-            loaded, fallback_reason = self._load_or_fall_back(settings)
-        except ModelLoadError as error:
-            self.status = EngineStatus("error", resolve_model(settings.model), error=str(error))
-            return self.status
+            loaded = self._loader(settings)
+        except NotDownloaded:
+            status = self._fall_back(settings, generation, "looking it up on the hub", final=False)
+            thread = threading.Thread(
+                target=self._fetch,
+                args=(settings, generation, events),
+                name="polycoder-download",
+                daemon=True,
+            )
+            thread.start()
+            return status
+        except Exception as failure:  # any failure: out of memory, a kernel set-up, .to()...
+            log.error("%s", failure, exc_info=not isinstance(failure, ModelLoadError))
+            return self._fall_back(settings, generation, first_line(str(failure)), final=True)
+        return self._install(loaded, settings, generation)
+
+    def _install(
+        self,
+        loaded: LoadedModel,
+        settings: Settings,
+        generation: int,
+        fallback_from: str | None = None,
+        reason: str | None = None,
+        final: bool = True,
+    ) -> EngineStatus:
+        """Serve `loaded` (on the worker thread), unless a newer load has started."""
+        if not self._is_current(generation):
+            return self._status
+        use_threads(settings, loaded.device)
         self._generator = Generator(loaded, reuse_kv=not self._naive)
-        fallback_from = None if fallback_reason is None else settings.model
-        self.status = EngineStatus(
-            "ready", loaded.source, loaded.device, loaded.dtype_name, fallback_reason, fallback_from
+        gc.collect()
+        status = EngineStatus(
+            "ready",
+            loaded.source,
+            loaded.device,
+            loaded.dtype_name,
+            error=reason if final else None,
+            fallback_from=fallback_from,
+            fallback_reason=reason,
+            notices=loaded.notices,
         )
-        log.info("model ready: %s", self.status)
-        return self.status
+        self._publish(generation, status)
+        log.info("model ready: %s", status.label)
+        return status
 
-    def _load_or_fall_back(self, settings: Settings) -> tuple[LoadedModel, str | None]:
-        """The configured model; else the fallback model and why the configured one failed."""
+    def _fall_back(
+        self, settings: Settings, generation: int, reason: str, final: bool
+    ) -> EngineStatus:
+        """Keep serving the model that works, else load the fallback model. `final`: the
+        configured model will not come (else it is on its way)."""
+        configured = resolve_model(settings.model)
+        if self._generator is not None:
+            loaded = self._generator.loaded
+            status = EngineStatus(
+                "ready",
+                loaded.source,
+                loaded.device,
+                loaded.dtype_name,
+                error=reason if final else None,
+                fallback_from=settings.model,
+                fallback_reason=reason,
+                notices=loaded.notices,
+            )
+            self._publish(generation, status)
+            return status
+        fallback = settings.fallback_model
+        if fallback is None or resolve_model(fallback) == configured:
+            status = EngineStatus(
+                "error" if final else "loading", configured, error=reason if final else None
+            )
+            self._publish(generation, status)
+            return status
         try:
-            return self._loader(settings), None
-        except ModelLoadError as failure:
-            log.error("%s", failure)
-            fallback = settings.fallback_model
-            if fallback is None or resolve_model(fallback) == resolve_model(settings.model):
-                raise
-            try:
-                return self._loader(dataclasses.replace(settings, model=fallback)), str(failure)
-            except ModelLoadError as second:
-                raise ModelLoadError(f"{failure}; fallback model: {second}") from second
+            loaded = self._loader(dataclasses.replace(settings, model=fallback))
+        except Exception as second:
+            log.error("fallback model: %s", second)
+            error = f"{reason}; fallback model: {first_line(str(second))}"
+            status = EngineStatus("error", configured, error=error)
+            self._publish(generation, status)
+            return status
+        return self._install(loaded, settings, generation, settings.model, reason, final)
+
+    def _fetch(self, settings: Settings, generation: int, events: LoadEvents) -> None:
+        """Download and load the configured model on this thread, then serve it."""
+        source = resolve_model(settings.model)
+
+        def report(done: int, total: int) -> None:
+            if self._is_current(generation):
+                self._set_reason(
+                    generation, f"downloading, {done / 1e6:.0f} of {total / 1e6:.0f} MB"
+                )
+                events.download_progress(done, total)
+
+        try:
+            self._downloader(source, report)
+            self._set_reason(generation, "loading it")
+            loaded = self._loader(settings)
+        except Exception as failure:
+            reason = first_line(str(failure))
+            log.warning("%s", reason)
+            with self._status_lock:
+                current = self._is_current(generation)
+                if current:
+                    self._status = dataclasses.replace(
+                        self._status,
+                        state="error" if self._status.state == "loading" else self._status.state,
+                        error=reason,
+                        fallback_reason=reason if self._status.fallback_from else None,
+                    )
+            if current:
+                events.background_load_ended(self._status)
+            return
+        future = self._worker.submit(lambda: self._install(loaded, settings, generation))
+        future.add_done_callback(lambda done: self._announce(generation, done, events))
+
+    def _announce(self, generation: int, done: Future[EngineStatus], events: LoadEvents) -> None:
+        if self._is_current(generation) and done.exception() is None:
+            events.background_load_ended(done.result())
+
+    def _set_reason(self, generation: int, reason: str) -> None:
+        with self._status_lock:
+            if self._is_current(generation):
+                self._status = dataclasses.replace(self._status, fallback_reason=reason)
 
     def complete(
         self, key: str, cursor: Cursor, settings: Settings

@@ -12,6 +12,7 @@ import torch
 
 from ..config import Settings
 from .cpu_kernels import use_cpu_kernels
+from .hub import cached_snapshot, first_line
 from .neox_decode import NeoXTokenStep
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class LoadedModel:
     """End-of-text, padding, separator...: text never continues past one of them."""
     token_step: NeoXTokenStep | None = None
     """A whole decode step in one call of the CPU kernels, where the model allows one."""
+    notices: tuple[str, ...] = ()
+    """Settings that could not be honoured, and what was done instead."""
 
     @property
     def dtype_name(self) -> str:
@@ -72,37 +75,56 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~"))
 
 
-def _from_pretrained(source: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Tokenizer and model, from the local cache first so a cached model needs no network."""
+class NotDownloaded(ModelLoadError):
+    """A hub model that is not in the local cache: it must be downloaded first."""
+
+
+def local_directory(source: str) -> str:
+    """The directory to load `source` from: itself, or its snapshot in the hub cache."""
+    if os.path.isdir(source):
+        return source
+    if _looks_like_path(source):
+        raise ModelLoadError(f"model directory not found: {source}")
+    snapshot = cached_snapshot(source)
+    if snapshot is None:
+        raise NotDownloaded(f"'{source}' is not downloaded yet")
+    return snapshot
+
+
+def _from_pretrained(directory: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Tokenizer and model from a local directory: loading never touches the network."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for local_only in (True, False):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                source, trust_remote_code=False, local_files_only=local_only
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=False, local_files_only=local_only
-            )
-            return tokenizer, model
-        except OSError:
-            if not local_only or os.path.isdir(source):
-                raise
-    raise AssertionError("unreachable")
+    tokenizer = AutoTokenizer.from_pretrained(
+        directory, trust_remote_code=False, local_files_only=True
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, trust_remote_code=False, local_files_only=True
+    )
+    return tokenizer, model
 
 
-def pick_device(setting: str) -> str:
-    if setting != "auto":
-        if setting.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError(f"device '{setting}' requested but CUDA is not available")
-        if setting == "mps" and not torch.backends.mps.is_available():
-            raise ModelLoadError("device 'mps' requested but MPS is not available")
-        return setting
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+def pick_device(setting: str) -> tuple[str, str | None]:
+    """The device to run on, and a notice when the setting cannot be honoured here."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return "cuda", None
+        if torch.backends.mps.is_available():
+            return "mps", None
+        return "cpu", None
+    missing = (setting.startswith("cuda") and not _cuda_device_exists(setting)) or (
+        setting == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        return "cpu", f"device '{setting}' is not available here; running on the CPU"
+    return setting, None
+
+
+def _cuda_device_exists(setting: str) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    index = int(setting.partition(":")[2] or 0)
+    return index < torch.cuda.device_count()
 
 
 def pick_dtype(setting: str, device: str) -> torch.dtype:
@@ -116,6 +138,13 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def use_threads(settings: Settings, device: str) -> None:
+    """torch's CPU threads for work started from the calling thread (OpenMP keeps the count
+    per thread: the inference worker calls this itself)."""
+    if device == "cpu":
+        torch.set_num_threads(settings.threads or default_threads())
+
+
 def _max_positions(config: Any) -> int | None:
     for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, attribute, None)
@@ -125,20 +154,19 @@ def _max_positions(config: Any) -> int | None:
 
 
 def load_model(settings: Settings) -> LoadedModel:
-    """Load `settings.model` with AutoTokenizer/AutoModelForCausalLM; raise ModelLoadError."""
+    """Load `settings.model` from local files; raise ModelLoadError (NotDownloaded when a hub
+    model is not in the cache yet)."""
     source = resolve_model(settings.model)
-    if _looks_like_path(source) and not os.path.isdir(source):
-        raise ModelLoadError(f"model directory not found: {source}")
-    device = pick_device(settings.device)
+    directory = local_directory(source)
+    device, device_notice = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
-    if device == "cpu":
-        torch.set_num_threads(settings.threads or default_threads())
+    use_threads(settings, device)
     log.info("loading %s on %s as %s", source, device, dtype)
     try:
-        tokenizer, model = _from_pretrained(source, dtype)
+        tokenizer, model = _from_pretrained(directory, dtype)
+        model.to(device).eval()
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
-        raise ModelLoadError(f"cannot load model '{source}': {error}") from error
-    model.to(device).eval()
+        raise ModelLoadError(f"cannot load model '{source}': {first_line(str(error))}") from error
     token_step = None
     if device == "cpu" and dtype == torch.float32 and (kernels := use_cpu_kernels(model)):
         token_step = NeoXTokenStep.for_model(model, kernels)
@@ -154,4 +182,5 @@ def load_model(settings: Settings) -> LoadedModel:
         eos_id=tokenizer.eos_token_id,
         special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
         token_step=token_step,
+        notices=() if device_notice is None else (device_notice,),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -20,6 +21,8 @@ from ..engine.loading import LoadedModel, pick_device
 from ..evaluation.perplexity import file_nll
 from .data import Dataset, SourceFile
 from .tokenizer import train_tokenizer
+
+logger = logging.getLogger(__name__)
 
 EMBEDDING_ROW_MULTIPLE = 128
 WARMUP_STEPS = 30
@@ -165,7 +168,9 @@ def _save(model: Any, tokenizer: Any, out: Path, dtype: str) -> None:
 
 def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
     """Train, save the model and tokenizer to `options.out`, and return the report."""
-    device = pick_device(options.device)
+    device, notice = pick_device(options.device)
+    if notice is not None:
+        logger.warning("%s", notice)
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = _model_and_tokenizer(options, dataset)

@@ -146,3 +146,52 @@ async def test_the_default_fallback_is_the_packaged_nano(editor, tmp_path):
     assert status["state"] == "ready", status
     assert status["model"] == str(NANO_DIRECTORY)
     assert status["fallbackFrom"] == missing
+
+
+def warnings_shown(editor) -> list[str]:
+    return [
+        message.message
+        for message in editor.client.messages
+        if message.type in (types.MessageType.Warning, types.MessageType.Error)
+    ]
+
+
+async def test_a_device_that_is_not_there_runs_on_the_cpu_with_one_warning(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    editor.open(URI, TEXT)
+    before = await editor.texts(URI, 5, 24)
+    editor.configure({"model": str(tiny_model), "device": "cuda:3"})
+    status = await editor.wait_for_status(lambda status: status["state"] != "loading")
+    assert status["state"] == "ready" and status["device"] == "cpu"
+    assert await message_shown(editor, types.MessageType.Warning, "cuda:3", "CPU")
+    assert len(warnings_shown(editor)) == 1, warnings_shown(editor)
+    assert "\n" not in warnings_shown(editor)[0]
+    assert await editor.texts(URI, 5, 24) == before
+
+
+async def test_a_live_change_that_cannot_load_keeps_the_model_that_works(
+    editor, tiny_model, tmp_path
+):
+    await editor.start({"model": str(tiny_model)})
+    editor.open(URI, TEXT)
+    before = await editor.texts(URI, 5, 24)
+    missing = str(tmp_path / "missing-model")
+    editor.configure({"model": missing, "fallbackModel": None})
+    status = await editor.wait_for_status(lambda status: "fallbackFrom" in status)
+    assert status["state"] == "ready" and status["model"] == str(tiny_model)
+    assert status["fallbackFrom"] == missing and "missing-model" in status["error"]
+    assert status["label"].startswith("tiny-model")
+    assert await message_shown(editor, types.MessageType.Warning, "missing-model")
+    editor.edit(URI, (5, 24), (5, 24), "")  # a new version: no cache hit
+    assert await editor.texts(URI, 5, 24) == before
+
+
+async def test_an_invalid_value_is_reported_once_though_sent_twice(editor, tiny_model):
+    settings = {"model": str(tiny_model), "maxNewTokens": 0, "topP": 3}
+    editor.client.set_configuration(settings, section="polycoder")  # pulled after initialize
+    await editor.start(settings)
+    await editor.wait_for_state("ready")
+    await asyncio.sleep(0)  # messages sent before the status answer have arrived with it
+    shown = warnings_shown(editor)
+    assert sorted(shown) == sorted(set(shown)) and len(shown) == 2, shown
+    assert all("\n" not in message for message in shown)
