@@ -11,6 +11,7 @@ mid-line suggestion), the next lines (never repeated, closing lines never duplic
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ OPENING_BRACKETS, CLOSING_BRACKETS = "([{", ")]}"
 REPLACEMENT_CHARACTER = "\ufffd"
 SPECIAL_TOKEN_TEXT = ("<|endoftext|>", "<|padding|>", "<|separator|>", "<fim_", "<|fim")
 REPEATED_BLOCK_LINES = (1, 2, 3)
+# A piece of up to 16 characters ending in a non-blank, then 6 or more copies of it in a row.
+REPEATED_RUN = re.compile(r"((?:\s*\S){1,16}?)\1{6,}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def _trimmed_lines(
     raw: str, cursor: Cursor, multiline: bool, final: bool
 ) -> tuple[list[str], bool]:
     """The suggestion's lines before filtering, and whether they can no longer grow."""
-    lines = _to_document_indent(raw.replace("\r\n", "\n").split("\n"), cursor.indent)
+    lines = _to_document_indent(raw.replace("\r\n", "\n").split("\n"), cursor)
     if not multiline:
         return lines[:1], len(lines) > 1
     complete_lines = lines if final else lines[:-1]
@@ -159,18 +162,35 @@ def _trimmed_lines(
     return [line.rstrip() for line in kept], True
 
 
-def _repetition_start(lines: list[str]) -> int | None:
-    """Where a line or block of lines starts repeating itself, if anywhere."""
+def _repetition_start(lines: list[str], language: Language) -> int | None:
+    """Where a line or block of lines starts repeating itself (whitespace aside), if anywhere.
+    Closing lines may follow each other (`}` `}`)."""
+    stripped = [line.strip() for line in lines]
     for start in range(1, len(lines)):
         for size in REPEATED_BLOCK_LINES:
-            block = lines[start - size : start]
+            block = stripped[start - size : start]
             if (
                 start >= size
-                and block == lines[start : start + size]
-                and not all(_is_closers_only(line.strip()) for line in block)
+                and block == stripped[start : start + size]
+                and not all(_is_closing_line(line, language) for line in block)
             ):
                 return start
     return None
+
+
+def _repeated_run_end(line: str) -> int | None:
+    """Where a run of one short piece repeated over and over in `line` (`n, n, n, ...`)
+    should end: after its first copy."""
+    match = REPEATED_RUN.search(line)
+    return None if match is None else match.start() + len(match.group(1))
+
+
+def _cut_repeated_runs(lines: list[str]) -> tuple[list[str], bool]:
+    for number, line in enumerate(lines):
+        end = _repeated_run_end(line)
+        if end is not None:
+            return [*lines[:number], line[:end].rstrip()], True
+    return lines, False
 
 
 def _lines_below(cursor: Cursor) -> list[str]:
@@ -202,16 +222,19 @@ def _without_duplicate_closers(lines: list[str], below: list[str], cursor: Curso
 
 def _filtered(lines: list[str], cursor: Cursor, final: bool) -> tuple[list[str], bool]:
     """Cut repetition and code that is already below; True when the cut is final."""
-    complete = lines if final else lines[:-1]
+    lines, run_cut = _cut_repeated_runs(lines)
+    complete = lines if final or run_cut else lines[:-1]
     whole_lines = [cursor.line_prefix + line for line in complete[:1]] + complete[1:]
     below = _lines_below(cursor)
-    cuts = [
-        cut
-        for cut in (_repetition_start(whole_lines), _repeats_code_below(whole_lines, below, cursor))
-        if cut is not None
-    ]
+    repeats = (
+        _repetition_start(whole_lines, cursor.language),
+        _repeats_code_below(whole_lines, below, cursor),
+    )
+    cuts = [cut for cut in repeats if cut is not None]
     if cuts:
         return lines[: min(cuts)], True
+    if run_cut:
+        return lines, True
     if final:
         lines = _without_duplicate_closers(lines, below, cursor)
     return lines, False
@@ -223,14 +246,65 @@ def _equals_next_line(text: str, cursor: Cursor) -> bool:
     return bool(below) and "\n" not in text.strip("\n") and whole_line == below[0].strip()
 
 
-def _to_document_indent(lines: list[str], style: IndentStyle | None) -> list[str]:
-    """Re-indent lines written with tabs for a spaces document, or the other way round."""
-    if style is None or len(lines) < 2:
+def _to_document_indent(lines: list[str], cursor: Cursor) -> list[str]:
+    """Re-indent lines written with tabs for a spaces document, or the other way round. The
+    first line too when the cursor stands in the line's indentation."""
+    style = cursor.indent
+    first = 0 if not cursor.line_prefix.strip() else 1
+    if style is None:
+        guess = IndentStyle(tabs="\t" in cursor.line_prefix)
+        return _without_second_indent(lines, cursor, guess)
+    if len(lines) <= first:
         return lines
-    suggested = style_of_lines(lines[1:])
+    suggested = style_of_lines([line for line in lines[first:] if line.strip()])
     if suggested is None or suggested.tabs == style.tabs:
+        suggested = IndentStyle(tabs=True, width=style.width) if not style.tabs else None
+    converted = [
+        _line_to_style(line, suggested, style) if number >= first else line
+        for number, line in enumerate(lines)
+    ]
+    return _without_second_indent(converted, cursor, style)
+
+
+def _line_to_style(line: str, source: IndentStyle | None, target: IndentStyle) -> str:
+    leading = line[: _indent(line)]
+    wrong = "\t" if not target.tabs else " "
+    if wrong not in leading:
+        return line
+    if source is None or source.tabs == target.tabs:  # spaces in a tabs document, width unclear
+        source = IndentStyle(tabs=target.tabs is False, width=target.width)
+    return reindent(line, source, target)
+
+
+def _columns(whitespace: str, style: IndentStyle) -> int:
+    return sum(style.width if char == "\t" else 1 for char in whitespace)
+
+
+def _without_second_indent(lines: list[str], cursor: Cursor, style: IndentStyle) -> list[str]:
+    """After Enter the editor has indented the line already: a first line that indents it
+    again loses that indentation (and the lines below it the same amount)."""
+    line_prefix = cursor.line_prefix
+    first_indent = lines[0][: _indent(lines[0])]
+    if not line_prefix or line_prefix.strip() or not first_indent or not lines[0].strip():
         return lines
-    return lines[:1] + [reindent(line, suggested, style) for line in lines[1:]]
+    previous = next(
+        (line for line in reversed(cursor.prefix.split("\n")[:-1]) if line.strip()), None
+    )
+    if previous is None:
+        return lines
+    expected = _columns(previous[: _indent(previous)], style)
+    if cursor.language.opens_block.search(previous.rstrip()):
+        expected += style.width
+    if _columns(line_prefix, style) < expected:
+        return lines
+    # Lines below that sit under the model's idea of the first line moved with it.
+    excess = len(first_indent)
+    deeper = int(bool(cursor.language.opens_block.search(lines[0].rstrip())))
+    model_column = len(line_prefix) + excess + deeper
+    rest = lines[1:]
+    if all(_indent(line) >= model_column for line in rest if line.strip()):
+        rest = [line[excess:] if line.strip() else line for line in rest]
+    return [lines[0][excess:], *rest]
 
 
 def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
