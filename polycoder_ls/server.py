@@ -276,6 +276,7 @@ class _BackgroundLoad(LoadEvents):
         self._progress: _WorkDoneProgress | None = None
         self._begin: asyncio.Task[None] | None = None
         self._shown = (-1, 0.0)  # percentage and time of the last report sent
+        self._latest = (0, 0)  # bytes done and in all, as last heard
 
     def download_progress(self, done_bytes: int, total_bytes: int) -> None:
         self._loop.call_soon_threadsafe(self._on_progress, done_bytes, total_bytes)
@@ -284,15 +285,26 @@ class _BackgroundLoad(LoadEvents):
         self._loop.call_soon_threadsafe(self._on_ended, status)
 
     def _on_progress(self, done: int, total: int) -> None:
+        self._latest = (done, total)
         if self._progress is None:
             model = self._server.settings.model
             self._progress = self._server.work_progress(f"Downloading {model}")
-            self._begin = asyncio.ensure_future(self._progress.begin())
+            self._begin = asyncio.ensure_future(self._start(self._progress))
+        else:
+            self._report(self._progress, force=False)
+
+    async def _start(self, progress: _WorkDoneProgress) -> None:
+        await progress.begin()
+        self._report(progress, force=True)
+
+    def _report(self, progress: _WorkDoneProgress, force: bool) -> None:
+        done, total = self._latest
         percentage = int(100 * done / total) if total else 0
-        if percentage == self._shown[0] and time.monotonic() - self._shown[1] < 1:
+        recent = time.monotonic() - self._shown[1] < 1
+        if not force and percentage == self._shown[0] and recent:
             return
         self._shown = (percentage, time.monotonic())
-        self._progress.report(f"{done / 1e6:.1f} of {total / 1e6:.1f} MB", percentage)
+        progress.report(f"{done / 1e6:.1f} of {total / 1e6:.1f} MB", percentage)
 
     def _on_ended(self, status: EngineStatus) -> None:
         if self._progress is not None:

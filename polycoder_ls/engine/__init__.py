@@ -18,6 +18,7 @@ from ..documents import Cursor
 from ..postprocess import Suggestion, postprocess
 from ..prompt import build_prompt, token_budget
 from .generate import DecodeParams, GenerationStats, Generator
+from .healing import HealedPrompt, heal
 from .hub import ByteProgress, download, first_line
 from .loading import (
     LoadedModel,
@@ -295,23 +296,42 @@ class Engine:
         if cancel.is_set() or generator is None:
             return CompletionOutcome(None, GenerationStats(cancelled=cancel.is_set()))
         loaded = generator.loaded
-        budget = token_budget(
-            settings.context_tokens, settings.max_new_tokens, loaded.max_positions
-        )
-        prompt = build_prompt(cursor.prefix, loaded.tokenize, budget).token_ids
-        if not prompt and loaded.eos_id is not None:
-            prompt = [loaded.eos_id]
-        if not prompt:
+        prompt = model_prompt(cursor.prefix, loaded, settings)
+        if not prompt.token_ids:
             return CompletionOutcome(None, GenerationStats())
+        healed = len(prompt.removed_text)
 
         def finished(text: str) -> bool:
-            return postprocess(text, cursor, settings.multiline, settings.stop, final=False)[1]
+            if len(text) < healed:
+                return False
+            continuation = text[healed:]
+            return postprocess(continuation, cursor, settings.multiline, settings.stop, False)[1]
 
         params = DecodeParams(settings.max_new_tokens, settings.temperature, settings.top_p)
         cancelled = (lambda: False) if self._naive else cancel.is_set
-        text, stats = generator.generate(key, prompt, params, finished, cancelled)
+        text, stats = generator.generate(
+            key, prompt.token_ids, params, finished, cancelled, prompt.removed_text
+        )
         if stats.cancelled:
             return CompletionOutcome(None, stats)
+        continuation = text[healed:] if text.startswith(prompt.removed_text) else ""
         return CompletionOutcome(
-            postprocess(text, cursor, settings.multiline, settings.stop)[0], stats
+            postprocess(continuation, cursor, settings.multiline, settings.stop)[0], stats
         )
+
+
+def model_prompt(prefix: str, loaded: LoadedModel, settings: Settings) -> HealedPrompt:
+    """The token ids the model continues: BOS where the tokenizer adds one, the left context
+    in the token budget, its last token taken back for healing."""
+    start = [] if loaded.bos_id is None else [loaded.bos_id]
+    budget = token_budget(settings.context_tokens, settings.max_new_tokens, loaded.max_positions)
+    ids = build_prompt(prefix, loaded.tokenize, max(1, budget - len(start))).token_ids
+    healed = HealedPrompt(ids, "")
+    if loaded.token_texts is not None and ids:
+        last_text = loaded.decode_after(ids[:-1], ids[-1:])
+        if prefix.endswith(last_text):
+            healed = heal(ids, last_text, keep_at_least=0 if start else 1)
+    token_ids = start + healed.token_ids
+    if not token_ids and loaded.eos_id is not None:
+        token_ids = [loaded.eos_id]
+    return HealedPrompt(token_ids, healed.removed_text)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .healing import pending_text
 from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
 from .loading import LoadedModel
 
@@ -118,6 +119,20 @@ class Generator:
         state.token_ids.extend(token_ids)
         return logits[: self.loaded.vocab_limit]
 
+    def _constrained(self, logits: torch.Tensor, required_start: str, text: str) -> torch.Tensor:
+        """`logits` with only the tokens that go on spelling `required_start` left."""
+        pending = pending_text(required_start, text)
+        texts = self.loaded.token_texts
+        if not pending or texts is None:
+            return logits
+        allowed = [token for token in texts.allowed(pending) if token < logits.shape[-1]]
+        if not allowed:
+            return logits
+        masked = torch.full_like(logits, float("-inf"))
+        index = torch.tensor(allowed, device=logits.device)
+        masked[index] = logits[index]
+        return masked
+
     def _logits(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
         """The logits after `token_ids`, fed after the cached tokens (which they extend)."""
         step = self.loaded.token_step
@@ -146,9 +161,11 @@ class Generator:
         params: DecodeParams,
         finished: Callable[[str], bool],
         cancelled: Callable[[], bool],
+        required_start: str = "",
     ) -> tuple[str, GenerationStats]:
         """Decode after `prompt` until end-of-text, `finished(text)`, the token limit or a
-        cancel; return the text and what it cost."""
+        cancel; return the text and what it cost. The text starts with `required_start`
+        (token healing): the first tokens are chosen among those that spell it."""
         started = time.perf_counter()
         state = self._take_state(key, prompt, params.max_new_tokens)
         reused = len(state.token_ids)
@@ -159,9 +176,11 @@ class Generator:
             with torch.inference_mode():
                 logits = self._prefill(state, prompt, cancelled)
                 prefilled = time.perf_counter()
-                while (token := _choose(logits, params)) not in self.loaded.special_ids:
+                while (
+                    token := _choose(self._constrained(logits, required_start, text), params)
+                ) not in self.loaded.special_ids:
                     generated.append(token)
-                    text = self.loaded.decode(generated)
+                    text = self.loaded.decode_after(prompt, generated)
                     if finished(text) or len(generated) >= params.max_new_tokens:
                         break
                     if cancelled():

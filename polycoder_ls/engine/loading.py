@@ -12,6 +12,7 @@ import torch
 
 from ..config import Settings
 from .cpu_kernels import use_cpu_kernels
+from .healing import TokenTexts
 from .hub import cached_snapshot, first_line
 from .neox_decode import NeoXTokenStep
 
@@ -25,6 +26,7 @@ MODEL_ALIASES = {
     "polycoder-0.4b": "NinedayWang/PolyCoder-0.4B",
     "polycoder-2.7b": "NinedayWang/PolyCoder-2.7B",
 }
+CONTEXT_DECODE_TOKENS = 4
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -51,6 +53,10 @@ class LoadedModel:
     """A whole decode step in one call of the CPU kernels, where the model allows one."""
     notices: tuple[str, ...] = ()
     """Settings that could not be honoured, and what was done instead."""
+    bos_id: int | None = None
+    """Put before every prompt, where the tokenizer itself adds it (Llama, CodeLlama...)."""
+    token_texts: TokenTexts | None = None
+    """For token healing; None when the tokenizer's texts cannot be known."""
 
     @property
     def dtype_name(self) -> str:
@@ -62,6 +68,16 @@ class LoadedModel:
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def decode_after(self, context: list[int], token_ids: list[int]) -> str:
+        """The text `token_ids` add after `context` (a SentencePiece token's leading space is
+        only kept when it is decoded after other tokens)."""
+        tail = context[-CONTEXT_DECODE_TOKENS:]
+        if not tail:
+            return self.decode(token_ids)
+        before = self.decode(tail)
+        after = self.decode(tail + token_ids)
+        return after[len(before) :] if after.startswith(before) else self.decode(token_ids)
 
 
 def resolve_model(name: str) -> str:
@@ -183,4 +199,24 @@ def load_model(settings: Settings) -> LoadedModel:
         special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
         token_step=token_step,
         notices=() if device_notice is None else (device_notice,),
+        bos_id=_added_bos(tokenizer),
+        token_texts=_token_texts(tokenizer, min(len(tokenizer), model.config.vocab_size)),
     )
+
+
+def _added_bos(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer puts it before the text it encodes."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if with_special and with_special[0] == bos else None
+
+
+def _token_texts(tokenizer: Any, count: int) -> TokenTexts | None:
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
+    try:
+        return TokenTexts.of_tokenizer(tokenizer, count, anchor) if anchor else None
+    except Exception:  # a tokenizer without batch_decode of plain ids: no healing
+        log.warning("token healing unavailable for this tokenizer", exc_info=True)
+        return None

@@ -51,7 +51,8 @@ def pygments_token_count(text: str, language: Language) -> int:
 def file_nll(loaded: LoadedModel, text: str, window: int) -> tuple[float, int]:
     """(negative log-likelihood in nats, tokens predicted) of one file."""
     token_ids = loaded.tokenize(text)[0]
-    start_id = loaded.eos_id if loaded.eos_id is not None else 0
+    # The paper's end-of-text first; BOS instead where the tokenizer puts one before text.
+    start_id = next((i for i in (loaded.bos_id, loaded.eos_id) if i is not None), 0)
     sequence = torch.tensor([start_id, *token_ids], device=loaded.device)
     nll = 0.0
     with torch.inference_mode():

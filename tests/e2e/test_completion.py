@@ -70,13 +70,13 @@ async def test_incremental_edits_with_non_ascii_text(editor, tiny_model, referen
     texts = await editor.texts(URI, 0, column(line_zero, cursor))
     assert texts == [expected_text(reference, tiny_model, document, cursor)]
     assert (await editor.status())["last"]["promptTokens"] == len(
-        reference.prompt_ids(document[:cursor], Settings())
+        reference.healed_prompt(document[:cursor], Settings())[0]
     )
 
     texts = await editor.texts(URI, 3, len("for key in values"))
     assert texts == [expected_text(reference, tiny_model, document, len(document))]
     assert (await editor.status())["last"]["promptTokens"] == len(
-        reference.prompt_ids(document, Settings())
+        reference.healed_prompt(document, Settings())[0]
     )
 
 
