@@ -144,8 +144,8 @@ class PolycoderLanguageServer(LanguageServer):
         fallback = self.settings.fallback_model
         setting = " (fallbackModel)" if fallback and resolve_model(fallback) == status.model else ""
         self.show_message(
-            f"polycoder-ls: cannot serve {configured}: {status.error}; "
-            f"serving {short_model_name(status.model)} instead{setting}",
+            f"polycoder-ls: serving {short_model_name(status.model)} instead of {configured}: "
+            f"{status.error}{setting}",
             types.MessageType.Warning,
         )
 

@@ -130,3 +130,90 @@ def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
     assert word["partially_accepted"] == 1
     assert "ready on cpu (float32)" in result["health"]
     assert (ARTIFACTS / f"neovim-{mode}-ghost-text.png").stat().st_size > 5_000
+
+
+SCENARIOS = Path(__file__).parent / "nvim_scenarios.lua"
+
+
+def run_scenario(scenario: str, model: Path, tmp_path: Path, **extra_env: str) -> dict:
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text(SOURCE + "\n")
+    second.write_text("import sys\n\n\ndef main(argv):\n    count = len(argv)\n")
+    out = tmp_path / "result.json"
+    env = {
+        **os.environ,
+        "POLYCODER_PLUGIN": str(PLUGIN),
+        "POLYCODER_PYTHON": sys.executable,
+        "POLYCODER_MODEL": str(model),
+        "POLYCODER_TEST_SCENARIO": scenario,
+        "POLYCODER_TEST_FILE": str(first),
+        "POLYCODER_TEST_FILE2": str(second),
+        "POLYCODER_TEST_OUT": str(out),
+        "POLYCODER_SERVER_LOG": str(tmp_path / "server.log"),
+        **{
+            f"XDG_{kind}_HOME": str(tmp_path / kind.lower())
+            for kind in ("CONFIG", "DATA", "STATE", "CACHE")
+        },
+        **extra_env,
+    }
+    process = subprocess.run(
+        [nvim(), "--headless", "--clean", "-u", str(SCENARIOS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert out.exists(), f"nvim wrote no result: {process.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["ok"], (result["message"], result.get("messages"))
+    return result
+
+
+def test_native_completion_in_a_second_buffer_asks_only_about_that_buffer(tiny_model, tmp_path):
+    result = run_scenario("two_buffers", tiny_model, tmp_path)
+    assert result["ghost_in_second"]
+    assert "Index out of bounds" not in result["messages"] + result["errmsg"]
+    assert result["requests"], "no request after switching buffers"
+    assert {request["uri"] for request in result["requests"]} == {result["second_uri"]}
+    assert result["complhint"] == "PolycoderGhostText"
+
+
+def test_accept_after_typing_through_or_a_partial_accept_replaces_the_closers_once(
+    tiny_model, tmp_path
+):
+    result = run_scenario("ranges", tiny_model, tmp_path)
+    assert result["shown_after_typing"] == ", b)"
+    assert result["after_type_through"] == "total = compute(a, b)"
+    assert result["shown_after_word"] == ".key for item in items])"
+    assert result["after_partial"] == "values = sorted([item.key for item in items])"
+    # Visible without truecolor: a terminal colour of its own.
+    assert result["highlight"].get("ctermfg") is not None
+    assert result["extmarks_left"] == 0
+
+
+def test_first_start_without_settings_shows_the_fallback_in_one_line(tmp_path):
+    port = closed_port()
+    result = run_scenario(
+        "first_start",
+        Path("unused"),
+        tmp_path,
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        HF_HOME=str(tmp_path / "hf-home"),
+    )
+    assert result["init_options"] == "{}" and result["pulled_settings"] == "{}"
+    messages = [line for line in result["messages"].split("\n") if "polycoder" in line.lower()]
+    assert len([line for line in messages if "serving" in line]) == 1, messages
+    assert all(len(line) <= 80 for line in messages), messages
+    assert "must be an object" not in result["messages"]
+    label = "nano (fallback for PolyCoder-160M: hub unreachable"
+    assert label in result["status_line"]
+    assert label in result["health"]
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

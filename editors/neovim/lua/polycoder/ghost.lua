@@ -7,6 +7,7 @@ local buffers = {}
 local enabled = true
 local options = require("polycoder.config").defaults
 local is_011 = vim.fn.has("nvim-0.11") == 1
+local HIGHLIGHT = "PolycoderGhostText"
 
 local function call(client, method, ...)
   if is_011 then
@@ -58,22 +59,24 @@ local function cancel_request(state)
   end
 end
 
-local function render(bufnr, text, item)
+local function render(bufnr, text, item, replace_after)
   clear(bufnr)
   local row, col = unpack(vim.api.nvim_win_get_cursor(0))
   local lines = vim.split(text, "\n", { plain = true })
   local virt_lines = {}
   for i = 2, #lines do
-    virt_lines[#virt_lines + 1] = { { lines[i], "Comment" } }
+    virt_lines[#virt_lines + 1] = { { lines[i], HIGHLIGHT } }
   end
   vim.api.nvim_buf_set_extmark(bufnr, ns, row - 1, col, {
-    virt_text = { { lines[1], "Comment" } },
+    virt_text = { { lines[1], HIGHLIGHT } },
     virt_text_pos = "inline",
     virt_lines = #virt_lines > 0 and virt_lines or nil,
     hl_mode = "combine",
   })
   local line = vim.api.nvim_get_current_line()
-  buffers[bufnr].shown = { text = text, item = item, row = row, prefix = line:sub(1, col) }
+  buffers[bufnr].shown = {
+    text = text, item = item, row = row, prefix = line:sub(1, col), replace_after = replace_after,
+  }
 end
 
 local function on_response(bufnr, tick, cursor)
@@ -90,7 +93,7 @@ local function on_response(bufnr, tick, cursor)
     local items = result and (result.items or result) or {}
     state.items, state.index = items, 1
     if items[1] and item_text(items[1]) ~= "" then
-      render(bufnr, item_text(items[1]), items[1])
+      M.show_item(bufnr, items[1])
     end
   end
 end
@@ -132,7 +135,7 @@ local function type_through(bufnr)
   if shown.text:sub(1, #typed) ~= typed or #typed >= #shown.text then
     return false
   end
-  render(bufnr, shown.text:sub(#typed + 1), shown.item)
+  render(bufnr, shown.text:sub(#typed + 1), shown.item, shown.replace_after)
   return true
 end
 
@@ -195,14 +198,24 @@ local function insert(bufnr, text, end_col)
   vim.api.nvim_win_set_cursor(0, { row + #lines - 1, last_col })
 end
 
-local function replaced_end_col(state, item)
+--- Bytes after the cursor that `item`'s range replaces (closers the editor typed), measured
+--- when the item arrives: typing through it or a partial accept leave them after the cursor.
+local function replaced_after_cursor(state, item)
   local range = item.range
-  if not range or range["end"].line ~= range.start.line then
-    return nil
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  if not range or range["end"].line ~= range.start.line or range["end"].line ~= row - 1 then
+    return 0
   end
   local client = vim.lsp.get_client_by_id(state.client_id)
   local line = vim.api.nvim_get_current_line()
-  return byte_col(line, range["end"].character, client and client.offset_encoding or "utf-16")
+  local end_col = byte_col(line, range["end"].character, client and client.offset_encoding or "utf-16")
+  return math.max(0, end_col - col)
+end
+
+--- Show `item` as the suggestion at the cursor (as when it arrives from the server).
+function M.show_item(bufnr, item)
+  local state = buffers[bufnr]
+  render(bufnr, item_text(item), item, replaced_after_cursor(state, item))
 end
 
 function M.accept(part)
@@ -215,12 +228,13 @@ function M.accept(part)
   local portion = M.portion(shown.text, part)
   local whole = portion == shown.text
   clear(bufnr)
-  insert(bufnr, portion, whole and replaced_end_col(state, shown.item) or nil)
+  local col = vim.api.nvim_win_get_cursor(0)[2]
+  insert(bufnr, portion, whole and col + (shown.replace_after or 0) or nil)
   local full = item_text(shown.item)
   report(state.client_id, vim.fn.strchars(full),
     vim.fn.strchars(full) - vim.fn.strchars(shown.text) + vim.fn.strchars(portion))
   if not whole then
-    render(bufnr, shown.text:sub(#portion + 1), shown.item)
+    render(bufnr, shown.text:sub(#portion + 1), shown.item, shown.replace_after)
   end
   return true
 end
@@ -263,7 +277,7 @@ function M.cycle(delta)
     return
   end
   state.index = (state.index - 1 + delta) % #state.items + 1
-  render(bufnr, item_text(state.items[state.index]), state.items[state.index])
+  M.show_item(bufnr, state.items[state.index])
 end
 
 function M.set_enabled(flag)

@@ -16,7 +16,10 @@ function M.check()
       health.error("`" .. exe .. " --version` failed: " .. (result.stderr or ""))
     end
   else
-    health.error("`" .. exe .. "` not found", { "pip install polycoder-ls", "or set cmd in setup()" })
+    health.error("`" .. exe .. "` not found", {
+      "install the server from a checkout of polycoder-ls: `make venv` (or `pip install .`)",
+      "or set cmd in setup() to the server's full path",
+    })
   end
 
   health.start("ghost text")
@@ -31,7 +34,12 @@ function M.check()
   if not status then
     health.info(err .. " (open a file of a supported language to start it)")
   elseif status.state == "ready" then
-    health.ok(string.format("%s ready on %s (%s)", status.model, status.device, status.dtype))
+    local line = string.format("%s ready on %s (%s)", status.label or status.model, status.device, status.dtype)
+    if status.fallbackFrom then
+      health.warn(line)
+    else
+      health.ok(line)
+    end
   elseif status.state == "loading" then
     health.info("loading " .. status.model)
   else

@@ -3,7 +3,7 @@ local config = require("polycoder.config")
 
 local M = {}
 
-local state = { options = nil, enabled = true, group = nil }
+local state = { options = nil, enabled = true, group = nil, attached = {} }
 
 local function has_native()
   return vim.lsp.inline_completion ~= nil and vim.lsp.config ~= nil
@@ -19,15 +19,72 @@ function M.options()
   return state.options
 end
 
+--- `settings` as a JSON object even when empty (an empty Lua table is encoded as a list).
+local function json_object(settings)
+  if vim.tbl_isempty(settings) then
+    return vim.empty_dict()
+  end
+  return settings
+end
+
+--- Server messages in one line that fits the command line: a longer one would stop typing
+--- with a hit-enter prompt. The whole text stays in :messages history and in the log.
+local function show_message(_, params, ctx)
+  local levels = { vim.log.levels.ERROR, vim.log.levels.WARN, vim.log.levels.INFO, vim.log.levels.DEBUG }
+  local text = params.message:gsub("%s*\n%s*", " ")
+  local room = math.max(20, vim.v.echospace - 1)
+  if vim.fn.strdisplaywidth(text) > room then
+    text = vim.fn.strcharpart(text, 0, room - 1) .. "…"
+  end
+  vim.notify(text, levels[params.type] or vim.log.levels.INFO, { title = "polycoder" })
+  return vim.NIL
+end
+
 local function client_config(options)
   return {
     name = "polycoder",
     cmd = options.cmd,
     filetypes = options.filetypes,
     root_markers = options.root_markers,
-    init_options = options.settings,
-    settings = { polycoder = options.settings },
+    init_options = json_object(options.settings),
+    settings = { polycoder = json_object(options.settings) },
+    handlers = { ["window/showMessage"] = show_message },
   }
+end
+
+--- Ghost text readable without truecolor: Comment's colour where it has a terminal colour,
+--- else grey italics. Neovim's own inline completion draws with ComplHint: while that is
+--- still Neovim's default, it shows PolycoderGhostText too.
+function M.define_highlights()
+  local comment = vim.api.nvim_get_hl(0, { name = "Comment", link = false })
+  if comment.ctermfg then
+    vim.api.nvim_set_hl(0, "PolycoderGhostText", { link = "Comment", default = true })
+  else
+    vim.api.nvim_set_hl(0, "PolycoderGhostText", {
+      default = true, fg = comment.fg or 0x8a8a8a, ctermfg = 244, italic = true, cterm = { italic = true },
+    })
+  end
+  local hint = vim.api.nvim_get_hl(0, { name = "ComplHint" })
+  if hint.link == nil or hint.link == "NonText" then
+    vim.api.nvim_set_hl(0, "ComplHint", { link = "PolycoderGhostText" })
+  end
+end
+
+--- Neovim 0.12's inline completion reacts to typing in any buffer once enabled in one (and
+--- then asks about a hidden buffer with the current window's cursor): keep it enabled in the
+--- current buffer only.
+local function sync_native_buffers()
+  local current = vim.api.nvim_get_current_buf()
+  for bufnr in pairs(state.attached) do
+    if not vim.api.nvim_buf_is_valid(bufnr) then
+      state.attached[bufnr] = nil
+    elseif bufnr ~= current then
+      vim.lsp.inline_completion.enable(false, { bufnr = bufnr })
+    end
+  end
+  if state.attached[current] then
+    vim.lsp.inline_completion.enable(state.enabled, { bufnr = current })
+  end
 end
 
 --- The polycoder-ls client attached to a buffer, else any running one.
@@ -112,10 +169,25 @@ function M.setup(opts)
       if M.uses_plugin_ghost_text() then
         require("polycoder.ghost").attach(args.buf, client.id, state.options)
       else
-        vim.lsp.inline_completion.enable(state.enabled, { bufnr = args.buf })
+        state.attached[args.buf] = true
+        sync_native_buffers()
       end
     end,
   })
+  if not M.uses_plugin_ghost_text() then
+    vim.api.nvim_create_autocmd("BufEnter", { group = state.group, callback = sync_native_buffers })
+    vim.api.nvim_create_autocmd("LspDetach", {
+      group = state.group,
+      callback = function(args)
+        local client = vim.lsp.get_client_by_id(args.data.client_id)
+        if client and client.name == "polycoder" then
+          state.attached[args.buf] = nil
+        end
+      end,
+    })
+  end
+  M.define_highlights()
+  vim.api.nvim_create_autocmd("ColorScheme", { group = state.group, callback = M.define_highlights })
   set_keymaps(state.options)
 end
 
@@ -132,7 +204,7 @@ function M.toggle()
   if M.uses_plugin_ghost_text() then
     require("polycoder.ghost").set_enabled(state.enabled)
   else
-    vim.lsp.inline_completion.enable(state.enabled)
+    sync_native_buffers()
   end
   vim.notify("PolyCoder suggestions " .. (state.enabled and "on" or "off"))
   return state.enabled
@@ -160,10 +232,10 @@ function M.show_status()
   end
   local last, totals = status.last, status.totals
   vim.notify(string.format(
-    "PolyCoder: %s | %s on %s (%s) | last: %d prompt tokens (%d reused), %d new, %.0f ms%s | shown %d, accepted %d%s",
-    status.state, status.model, status.device, status.dtype, last.promptTokens, last.reusedTokens,
-    last.generatedTokens, last.latencyMs, last.cacheHit and ", cache hit" or "", totals.shown or 0,
-    totals.accepted or 0, status.error and (" | error: " .. status.error) or ""))
+    "PolyCoder: %s | %s on %s (%s) | last: %d prompt tokens (%d reused), %d new, %.0f ms%s | shown %d, accepted %d",
+    status.state, status.label or status.model, status.device, status.dtype, last.promptTokens,
+    last.reusedTokens, last.generatedTokens, last.latencyMs, last.cacheHit and ", cache hit" or "",
+    totals.shown or 0, totals.accepted or 0))
 end
 
 return M
