@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -193,7 +194,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace, started: float) -> int:
     from .engine.loading import ModelLoadError
     from .training.data import load_dataset
     from .training.loop import TrainOptions, train
@@ -211,6 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         device=args.device,
         seed=args.seed,
+        started=started,
     )
     try:
         dataset = load_dataset(args.data, args.heldout)
@@ -242,6 +244,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = _parser().parse_args(argv)
     _configure_logging(args.log_file, args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return run_eval(args)
     if args.command == "train":
-        return run_train(args)
+        return run_train(args, started)
     return run_server(args)
 
 

@@ -25,6 +25,9 @@ from .tokenizer import train_tokenizer
 logger = logging.getLogger(__name__)
 
 EMBEDDING_ROW_MULTIPLE = 128
+SAVE_SECONDS = 5.0
+# By time: seconds of training done and left, without a rate (it would read "s/s").
+TIME_BAR = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of training [{elapsed}<{remaining}{postfix}]"
 WARMUP_STEPS = 30
 LOG_EVERY_STEPS = 10
 
@@ -49,6 +52,8 @@ class TrainOptions:
     device: str = "auto"
     seed: int = 0
     checkpoint_minutes: float = 10.0
+    started: float | None = None
+    """time.monotonic() when the time budget began (the command's start); None: now."""
     save_dtype: str = "float16"
 
 
@@ -134,14 +139,14 @@ class _Schedule:
     """Progress by time (or steps), warmup then cosine decay to a tenth, and when to switch to
     long windows."""
 
-    def __init__(self, options: TrainOptions, peak_lr: float) -> None:
-        self.options, self.peak_lr = options, peak_lr
+    def __init__(self, options: TrainOptions, peak_lr: float, seconds: float) -> None:
+        self.options, self.peak_lr, self.seconds = options, peak_lr, seconds
         self.started = time.monotonic()
 
     def progress(self, step: int) -> float:
         if self.options.steps is not None:
             return step / self.options.steps
-        return (time.monotonic() - self.started) / (self.options.minutes * 60)
+        return (time.monotonic() - self.started) / self.seconds
 
     def learning_rate(self, step: int) -> float:
         warm = min(1.0, (step + 1) / WARMUP_STEPS)
@@ -167,7 +172,9 @@ def _save(model: Any, tokenizer: Any, out: Path, dtype: str) -> None:
 
 
 def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
-    """Train, save the model and tokenizer to `options.out`, and return the report."""
+    """Train, save the model and tokenizer to `options.out`, and return the report. With a
+    time budget, the whole run fits in it: set-up, both held-out evaluations and saving."""
+    started = options.started if options.started is not None else time.monotonic()
     device, notice = pick_device(options.device)
     if notice is not None:
         logger.warning("%s", notice)
@@ -178,20 +185,28 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
     stream = _token_stream(dataset.train, tokenizer)
     if len(stream) <= options.long_seq_len + 1:
         raise ValueError(f"too little training text: {len(stream)} tokens")
+    evaluation_started = time.monotonic()
     before = held_out_perplexity(model, tokenizer, dataset.held_out, device)
+    evaluation_seconds = time.monotonic() - evaluation_started
+    # What is left once the evaluation after training (as long as this one) and saving are kept.
+    spent = time.monotonic() - started
+    seconds = max(1.0, options.minutes * 60 - spent - evaluation_seconds * 1.1 - SAVE_SECONDS)
     peak_lr = options.learning_rate or (2e-3 if options.init is None else 5e-5)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1
     )
     autocast = (device == "cpu" and cpu_has_amx()) or device.startswith("cuda")
-    schedule = _Schedule(options, peak_lr)
+    schedule = _Schedule(options, peak_lr, seconds)
     rng = random.Random(options.seed)
     options.out.mkdir(parents=True, exist_ok=True)
     log_path = options.out / "training-log.csv"
     step, tokens_seen, last_checkpoint = 0, 0, time.monotonic()
-    total = options.steps or int(options.minutes * 60)
-    unit = "step" if options.steps else "s"
-    bar = tqdm(total=total, unit=unit, mininterval=1.0)
+    total = options.steps or int(seconds)
+    bar = (
+        tqdm(total=total, unit="step", mininterval=1.0)
+        if options.steps
+        else tqdm(total=total, mininterval=1.0, bar_format=TIME_BAR)
+    )
     with log_path.open("w", newline="") as log_file, bar:
         log = csv.writer(log_file)
         log.writerow(["step", "seconds", "tokens", "seq_len", "loss", "learning_rate"])
@@ -223,6 +238,7 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
             if time.monotonic() - last_checkpoint > options.checkpoint_minutes * 60:
                 _save(model, tokenizer, options.out / "checkpoint", "float32")
                 last_checkpoint = time.monotonic()
+    after_started = time.monotonic()
     after = held_out_perplexity(model, tokenizer, dataset.held_out, device)
     _save(model, tokenizer, options.out, options.save_dtype)
     report = {
@@ -232,7 +248,9 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
         "steps": step,
         "trainTokens": len(stream),
         "tokensSeen": tokens_seen,
-        "minutes": round((time.monotonic() - schedule.started) / 60, 2),
+        "minutes": round((time.monotonic() - started) / 60, 2),
+        "trainingMinutes": round((after_started - schedule.started) / 60, 2),
+        "evaluationMinutes": round((evaluation_seconds + time.monotonic() - after_started) / 60, 2),
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldOutPerplexityBefore": round(before, 4),
         "heldOutPerplexityAfter": round(after, 4),

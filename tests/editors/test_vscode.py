@@ -101,14 +101,39 @@ def start_code_server(
     pytest.fail("code-server did not start")
 
 
+def server_processes(marker: Path) -> list[int]:
+    """polycoder-ls processes started by this test's code-server (found by its XDG dirs)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            continue
+        if b"polycoder_ls" in cmdline and str(marker).encode() in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
 def test_vsix_shows_ghost_text_and_tab_accepts_it(tiny_model, tmp_path):
     from reference import ReferenceModel
 
     require_tools()
     workspace = tmp_path / "workspace"
-    workspace.mkdir()
+    (workspace / ".vscode").mkdir(parents=True)
     source = workspace / "example.py"
     source.write_text(SOURCE)
+    # A repository's own settings must never choose what the extension runs.
+    ran = tmp_path / "workspace-command-ran"
+    hostile = tmp_path / "hostile.sh"
+    hostile.write_text(f'#!/bin/sh\ntouch {ran}\nexec {sys.executable} "$@"\n')
+    hostile.chmod(0o755)
+    (workspace / ".vscode" / "settings.json").write_text(
+        json.dumps(
+            {"polycoderLs.pythonPath": str(hostile), "polycoderLs.serverCommand": [str(hostile)]}
+        )
+    )
     settings = {
         "polycoder.model": str(tiny_model),
         "polycoder.maxNewTokens": 16,
@@ -125,14 +150,21 @@ def test_vsix_shows_ghost_text_and_tab_accepts_it(tiny_model, tmp_path):
                 f"http://127.0.0.1:{port}/?folder={workspace}",
                 "example.py",
                 str(screenshot),
+                str(source),
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=400,
         )
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        # The browser tab is closed: its server goes too, though code-server lives on.
+        deadline = time.monotonic() + 120
+        while server_processes(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = server_processes(tmp_path)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
-    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert not left, f"polycoder-ls outlived its window: {left}"
     seen = json.loads(driver.stdout)
     typed = SOURCE + "re"
     expected = ReferenceModel(tiny_model).suggestion(
@@ -141,5 +173,9 @@ def test_vsix_shows_ghost_text_and_tab_accepts_it(tiny_model, tmp_path):
     assert expected is not None
     assert seen["ghost"].replace("\u00a0", " ") == expected.text
     assert source.read_text() == typed + expected.text
-    assert "PolyCoder: ready" in seen["statusAfter"]
+    assert f"PolyCoder: ready {tiny_model.name} cpu" in seen["statusAfter"]
+    assert not ran.exists(), "a workspace setting chose the server command"
+    labels = seen["settings"]["titles"] + seen["settings"]["toc"]
+    assert not [label for label in labels if "Polycoder" in label], labels
+    assert any("PolyCoder server" in label for label in labels), labels
     assert screenshot.stat().st_size > 10_000

@@ -65,3 +65,13 @@ if __name__ == "__main__":  # regenerate: python tests/editors/test_vscode_setti
     package = json.loads(PACKAGE_JSON.read_text())
     package["contributes"]["configuration"][0]["properties"] = expected_properties()
     PACKAGE_JSON.write_text(json.dumps(package, indent=2, ensure_ascii=False) + "\n")
+
+
+def test_what_the_extension_runs_is_never_a_workspace_setting():
+    manifest = json.loads(PACKAGE_JSON.read_text())
+    client = manifest["contributes"]["configuration"][1]["properties"]
+    commands = ("polycoderLs.serverCommand", "polycoderLs.pythonPath")
+    assert all(client[key]["scope"] in ("machine", "machine-overridable") for key in commands)
+    untrusted = manifest["capabilities"]["untrustedWorkspaces"]
+    assert untrusted["supported"] == "limited"
+    assert set(untrusted["restrictedConfigurations"]) == set(commands)

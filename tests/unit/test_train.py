@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from polycoder_ls.config import Settings
@@ -90,3 +91,28 @@ def test_train_command_without_code_says_so(tmp_path: Path):
     )  # fmt: skip
     assert done.returncode == 1
     assert "need source files" in done.stderr
+
+
+def test_a_time_budget_covers_the_whole_run(tmp_path: Path):
+    """--minutes bounds set-up, both held-out evaluations and saving, not only the steps."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small_corpus(data, count=12)
+    out = tmp_path / "model"
+    budget_minutes = 0.3
+    began = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "polycoder_ls", "train", "--data", str(data), "--out", str(out),
+            "--minutes", str(budget_minutes), "--seq-len", "64", "--vocab-size", "400",
+            "--layers", "1", "--hidden", "32", "--heads", "2",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "training.json").read_text())
+    assert report["steps"] > 0
+    wall_minutes = (time.monotonic() - began) / 60
+    assert wall_minutes <= budget_minutes * 1.2, (wall_minutes, report)
+    assert report["trainingMinutes"] + report["evaluationMinutes"] <= report["minutes"]
+    assert "s/s" not in done.stderr

@@ -13,6 +13,10 @@ const LANGUAGES = [
   "rust", "scala", "typescript", "typescriptreact",
 ];
 const STATUS_POLL_MS = 1000;
+// A window that does not answer for this long is gone (code-server keeps the extension host
+// of a closed browser tab for hours): its server is stopped, and started again if it returns.
+const WINDOW_CHECK_MS = 5000;
+const WINDOW_GONE_MS = 30000;
 
 interface ServerStatus {
   state: "loading" | "ready" | "error";
@@ -21,6 +25,8 @@ interface ServerStatus {
   dtype: string;
   contextTokens: number;
   error?: string;
+  label?: string;
+  fallbackFrom?: string;
   last: {
     promptTokens: number;
     reusedTokens: number;
@@ -62,6 +68,9 @@ class PolycoderExtension implements vscode.Disposable {
   private client: LanguageClient | undefined;
   private enabled = true;
   private timer: NodeJS.Timeout | undefined;
+  private windowCheck: NodeJS.Timeout | undefined;
+  private checkingWindow = false;
+  private stoppedForWindow = false;
   private readonly output = vscode.window.createOutputChannel("PolyCoder", { log: true });
   private readonly statusBar = vscode.window.createStatusBarItem(
     vscode.StatusBarAlignment.Right,
@@ -106,8 +115,39 @@ class PolycoderExtension implements vscode.Disposable {
 
   async stop(): Promise<void> {
     clearTimeout(this.timer);
-    await this.client?.stop();
+    const client = this.client;
     this.client = undefined;
+    await client?.stop();
+  }
+
+  /** Every few seconds, a round trip to the window (setContext runs there). */
+  watchWindow(): void {
+    this.windowCheck = setInterval(() => void this.checkWindow(), WINDOW_CHECK_MS);
+  }
+
+  private async checkWindow(): Promise<void> {
+    if (this.checkingWindow) {
+      return;
+    }
+    this.checkingWindow = true;
+    const answered = await Promise.race([
+      Promise.resolve(
+        vscode.commands.executeCommand("setContext", "polycoder.windowAlive", Date.now()),
+      ).then(
+        () => true,
+        () => true,
+      ),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), WINDOW_GONE_MS)),
+    ]);
+    this.checkingWindow = false;
+    if (!answered && this.client) {
+      this.output.warn("polycoder: the window stopped answering; stopping polycoder-ls");
+      this.stoppedForWindow = true;
+      await this.stop();
+    } else if (answered && this.stoppedForWindow) {
+      this.stoppedForWindow = false;
+      await this.start();
+    }
   }
 
   async restart(): Promise<void> {
@@ -133,7 +173,7 @@ class PolycoderExtension implements vscode.Disposable {
     const { last, totals } = status;
     const lines = [
       `State: ${status.state}${status.error ? ` (${status.error})` : ""}`,
-      `Model: ${status.model} on ${status.device} (${status.dtype}), context ${status.contextTokens} tokens`,
+      `Model: ${status.label ?? status.model}, ${status.model} on ${status.device} (${status.dtype}), context ${status.contextTokens} tokens`,
       `Last: ${last.latencyMs.toFixed(0)} ms, ${last.promptTokens} prompt tokens (${last.reusedTokens} reused), ` +
         `${last.generatedTokens} generated${last.cacheHit ? ", cache hit" : ""}${last.cancelled ? ", cancelled" : ""}`,
       `Totals: ${Object.entries(totals).map(([key, value]) => `${key} ${value}`).join(", ")}`,
@@ -153,10 +193,12 @@ class PolycoderExtension implements vscode.Disposable {
     }
   }
 
-  /** Poll while the model loads; afterwards each completion refreshes the status. */
+  /** Poll while the model loads (or downloads while a fallback serves); afterwards each
+   * completion refreshes the status. */
   private pollStatus(): void {
     void this.refreshStatus().then((status) => {
-      if (!status || status.state === "loading") {
+      const pending = status && status.fallbackFrom !== undefined && status.error === undefined;
+      if (!status || status.state === "loading" || pending) {
         this.timer = setTimeout(() => this.pollStatus(), STATUS_POLL_MS);
       }
     });
@@ -174,9 +216,11 @@ class PolycoderExtension implements vscode.Disposable {
       this.showText("$(error) PolyCoder: error", status.error ?? "the model did not load");
     } else {
       const latency = status.last.latencyMs > 0 ? ` ${status.last.latencyMs.toFixed(0)} ms` : "";
+      const label = status.label ?? shortModelName(status.model);
+      const icon = status.fallbackFrom ? "$(warning)" : "$(check)";
       this.showText(
-        `$(check) PolyCoder: ready ${shortModelName(status.model)} ${status.device}${latency}`,
-        `${status.model} on ${status.device} (${status.dtype})`,
+        `${icon} PolyCoder: ready ${label} ${status.device}${latency}`,
+        `${label}: ${status.model} on ${status.device} (${status.dtype})`,
       );
     }
     return status;
@@ -189,6 +233,7 @@ class PolycoderExtension implements vscode.Disposable {
 
   dispose(): void {
     clearTimeout(this.timer);
+    clearInterval(this.windowCheck);
     this.statusBar.dispose();
     this.output.dispose();
   }
@@ -212,6 +257,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
   );
   await active.start();
+  active.watchWindow();
 }
 
 export async function deactivate(): Promise<void> {
