@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the VS Code test needs: Debian's Chromium, and code-server 4.100.x (VS Code
-# 1.100) with the workarounds this machine needs (../shared/notes/editors.md). Idempotent.
+# 1.100, the last release for Node 20) with what its install scripts need here: root allowed
+# (npm_config_unsafe_perm), libkrb5-dev for the kerberos module, @vscode/ripgrep's download
+# replaced by Debian's rg, and npx allowed to fetch node-gyp (npm_config_yes). Idempotent.
 #   tests/editors/install_vscode_tools.sh TOOLS_DIR
 set -euo pipefail
 tools=$(realpath -m "${1:-.editor-tools}")
