@@ -141,3 +141,35 @@ def test_a_sentencepiece_token_read_after_others_keeps_its_space(sentencepiece_m
         loaded.decode_after(ids[:word], ids[word:])
         == loaded.decode(ids)[len(loaded.decode(ids[:word])) :]
     )
+
+
+TRAILING_SPACE = {
+    "python": [
+        "def add(a, b):\n    return ",
+        "import os\n\npath = ",
+        "for i in range(10):\n    if ",
+    ],
+    "javascript": ["const total = "],
+    "go": ["func main() {\n\tx := "],
+}
+
+
+def test_after_a_trailing_space_nano_never_suggests_a_second_one():
+    """The finding: `return ` got ` + 't'` (two spaces in the buffer). Healed, the space the
+    user typed is the first half of the model's ` word` token."""
+    settings = Settings(model="nano", max_new_tokens=16, threads=1)
+    engine = Engine()
+    texts = []
+    try:
+        assert engine.load(settings).result().state == "ready"
+        for language, prefixes in TRAILING_SPACE.items():
+            for prefix in prefixes:
+                cursor = cursor_at(Document("file:///t", language, 1, prefix), len(prefix))
+                future, _ = engine.complete(prefix, cursor, settings)
+                suggestion = future.result().suggestion
+                texts.append(suggestion.text if suggestion else None)
+    finally:
+        engine.stop(wait=True)
+    shown = [text for text in texts if text]
+    assert len(shown) >= 4, texts
+    assert not [text for text in shown if text[0].isspace()], texts
