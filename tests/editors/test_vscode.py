@@ -134,8 +134,10 @@ def test_vsix_shows_ghost_text_and_tab_accepts_it(tiny_model, tmp_path):
             {"polycoderLs.pythonPath": str(hostile), "polycoderLs.serverCommand": [str(hostile)]}
         )
     )
+    # The configured model cannot load: the status bar must say that a fallback serves.
     settings = {
-        "polycoder.model": str(tiny_model),
+        "polycoder.model": str(tmp_path / "missing-model"),
+        "polycoder.fallbackModel": str(tiny_model),
         "polycoder.maxNewTokens": 16,
         "polycoderLs.pythonPath": sys.executable,
     }
@@ -173,7 +175,8 @@ def test_vsix_shows_ghost_text_and_tab_accepts_it(tiny_model, tmp_path):
     assert expected is not None
     assert seen["ghost"].replace("\u00a0", " ") == expected.text
     assert source.read_text() == typed + expected.text
-    assert f"PolyCoder: ready {tiny_model.name} cpu" in seen["statusAfter"]
+    fallback = f"PolyCoder: ready {tiny_model.name} (fallback for missing-model: model directory"
+    assert seen["statusAfter"].startswith(fallback), seen["statusAfter"]
     assert not ran.exists(), "a workspace setting chose the server command"
     labels = seen["settings"]["titles"] + seen["settings"]["toc"]
     assert not [label for label in labels if "Polycoder" in label], labels
