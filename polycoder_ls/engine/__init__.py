@@ -165,16 +165,7 @@ class Engine:
         use_threads(settings, loaded.device)
         self._generator = Generator(loaded, reuse_kv=not self._naive)
         gc.collect()
-        status = EngineStatus(
-            "ready",
-            loaded.source,
-            loaded.device,
-            loaded.dtype_name,
-            error=reason if final else None,
-            fallback_from=fallback_from,
-            fallback_reason=reason,
-            notices=loaded.notices,
-        )
+        status = _serving(loaded, fallback_from, reason, final)
         self._publish(generation, status)
         log.info("model ready: %s", status.label)
         return status
@@ -186,17 +177,7 @@ class Engine:
         configured model will not come (else it is on its way)."""
         configured = resolve_model(settings.model)
         if self._generator is not None:
-            loaded = self._generator.loaded
-            status = EngineStatus(
-                "ready",
-                loaded.source,
-                loaded.device,
-                loaded.dtype_name,
-                error=reason if final else None,
-                fallback_from=settings.model,
-                fallback_reason=reason,
-                notices=loaded.notices,
-            )
+            status = _serving(self._generator.loaded, settings.model, reason, final)
             self._publish(generation, status)
             return status
         fallback = settings.fallback_model
@@ -318,6 +299,22 @@ class Engine:
         return CompletionOutcome(
             postprocess(continuation, cursor, settings.multiline, settings.stop)[0], stats
         )
+
+
+def _serving(
+    loaded: LoadedModel, fallback_from: str | None, reason: str | None, final: bool
+) -> EngineStatus:
+    """The status of `loaded` serving, in place of `fallback_from` when that is set."""
+    return EngineStatus(
+        "ready",
+        loaded.source,
+        loaded.device,
+        loaded.dtype_name,
+        error=reason if final else None,
+        fallback_from=fallback_from,
+        fallback_reason=reason,
+        notices=loaded.notices,
+    )
 
 
 def model_prompt(prefix: str, loaded: LoadedModel, settings: Settings) -> HealedPrompt:

@@ -24,32 +24,8 @@ require("polycoder").setup({
 
 local results = { mode = plugin_mode and "plugin" or "native" }
 
-local function finish(ok, message)
-  results.ok, results.message = ok, message
-  results.messages = vim.fn.execute("messages")
-  local file = assert(io.open(env.POLYCODER_TEST_OUT, "w"))
-  file:write(vim.json.encode(results))
-  file:close()
-  vim.cmd(ok and "qall!" or "cquit! 1")
-end
-
-local co
-local function sleep(ms)
-  vim.defer_fn(function() assert(coroutine.resume(co)) end, ms)
-  coroutine.yield()
-end
-
-local function wait_for(what, condition, timeout_ms)
-  local waited = 0
-  while not condition() do
-    if waited > (timeout_ms or 20000) then
-      error(string.format("timed out waiting for %s (mode %s, line %q)", what,
-        vim.api.nvim_get_mode().mode, vim.api.nvim_get_current_line()))
-    end
-    sleep(25)
-    waited = waited + 25
-  end
-end
+local nvim = dofile(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)) .. "/nvim_session.lua")
+local sleep, wait_for, type_keys = nvim.sleep, nvim.wait_for, nvim.type_keys
 
 local function ghost_namespace()
   if plugin_mode then
@@ -84,19 +60,9 @@ local function status()
   return assert(require("polycoder").status(0))
 end
 
-local function type_keys(keys)
-  for _, key in ipairs(keys) do
-    vim.api.nvim_feedkeys(vim.keycode(key), "t", false)
-    sleep(40)
-  end
-end
-
 local function session()
   vim.cmd.edit(env.POLYCODER_TEST_FILE)
-  wait_for("the server", function()
-    local ok, s = pcall(require("polycoder").status, 0)
-    return ok and s and s.state == "ready"
-  end, 60000)
+  nvim.wait_ready()
 
   -- Real insert-mode typing at the end of the file.
   vim.api.nvim_feedkeys("GA", "n", false)
@@ -159,19 +125,6 @@ local function session()
   vim.cmd("stopinsert")
   vim.cmd("checkhealth polycoder")
   results.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), "\n")
-  finish(true, "done")
 end
 
-vim.api.nvim_create_autocmd("VimEnter", {
-  once = true,
-  nested = true, -- so that :edit fires FileType, which starts the server
-  callback = function()
-    co = coroutine.create(function()
-      local ok, err = pcall(session)
-      if not ok then
-        finish(false, tostring(err))
-      end
-    end)
-    assert(coroutine.resume(co))
-  end,
-})
+nvim.run(results, session)

@@ -27,50 +27,12 @@ require("polycoder").setup({
 })
 
 local results = { scenario = scenario, errors = {} }
-local co
-
-local function finish(ok, message)
-  results.ok, results.message = ok, message
-  results.messages = vim.fn.execute("messages")
-  local file = assert(io.open(env.POLYCODER_TEST_OUT, "w"))
-  file:write(vim.json.encode(results))
-  file:close()
-  vim.cmd(ok and "qall!" or "cquit! 1")
-end
-
-local function sleep(ms)
-  vim.defer_fn(function() assert(coroutine.resume(co)) end, ms)
-  coroutine.yield()
-end
-
-local function wait_for(what, condition, timeout_ms)
-  local waited = 0
-  while not condition() do
-    if waited > (timeout_ms or 30000) then
-      error("timed out waiting for " .. what)
-    end
-    sleep(25)
-    waited = waited + 25
-  end
-end
-
-local function type_keys(keys)
-  for _, key in ipairs(keys) do
-    vim.api.nvim_feedkeys(vim.keycode(key), "t", false)
-    sleep(40)
-  end
-end
+local nvim = dofile(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)) .. "/nvim_session.lua")
+local sleep, wait_for, type_keys = nvim.sleep, nvim.wait_for, nvim.type_keys
 
 local function native_ghost()
   local ns = vim.api.nvim_get_namespaces()["nvim.lsp.inline_completion"]
   return ns and #vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {}) > 0
-end
-
-local function wait_ready()
-  wait_for("the server", function()
-    local ok, status = pcall(require("polycoder").status, 0)
-    return ok and status and status.state == "ready"
-  end, 60000)
 end
 
 --- Record every request the client sends: method and document.
@@ -89,7 +51,7 @@ local scenarios = {}
 
 function scenarios.two_buffers()
   vim.cmd.edit(env.POLYCODER_TEST_FILE)
-  wait_ready()
+  nvim.wait_ready()
   record_requests(require("polycoder").client(0))
   vim.api.nvim_feedkeys("GA", "n", false)
   sleep(50)
@@ -113,7 +75,7 @@ end
 function scenarios.ranges()
   local ghost = require("polycoder.ghost")
   vim.cmd.edit(env.POLYCODER_TEST_FILE)
-  wait_ready()
+  nvim.wait_ready()
   local bufnr = vim.api.nvim_get_current_buf()
   local function suggest(line, col, text, closers)
     vim.api.nvim_buf_set_lines(bufnr, -1, -1, true, { line })
@@ -156,7 +118,7 @@ function scenarios.first_start()
   end)
   results.init_options = vim.json.encode(client.config.init_options)
   results.pulled_settings = vim.json.encode(client.config.settings.polycoder)
-  wait_ready()
+  nvim.wait_ready()
   wait_for("the fallback message", function()
     return vim.fn.execute("messages"):find("serving") ~= nil
   end)
@@ -166,19 +128,4 @@ function scenarios.first_start()
   results.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), "\n")
 end
 
-vim.api.nvim_create_autocmd("VimEnter", {
-  once = true,
-  nested = true,
-  callback = function()
-    co = coroutine.create(function()
-      local ok, err = pcall(scenarios[scenario])
-      results.errmsg = vim.v.errmsg
-      if not ok then
-        finish(false, tostring(err))
-      else
-        finish(true, "done")
-      end
-    end)
-    assert(coroutine.resume(co))
-  end,
-})
+nvim.run(results, scenarios[scenario])

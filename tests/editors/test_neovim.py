@@ -31,27 +31,24 @@ def nvim() -> str:
     return found
 
 
-def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
-    source = tmp_path / "example.py"
-    source.write_text(SOURCE + "\n")
+def run_nvim(driver: Path, model: Path, tmp_path: Path, **variables: str) -> dict:
+    """Run `driver` in headless Neovim with the plugin; return the JSON result it wrote."""
     out = tmp_path / "result.json"
     env = {
         **os.environ,
         "POLYCODER_PLUGIN": str(PLUGIN),
         "POLYCODER_PYTHON": sys.executable,
         "POLYCODER_MODEL": str(model),
-        "POLYCODER_TEST_MODE": mode,
-        "POLYCODER_TEST_FILE": str(source),
         "POLYCODER_TEST_OUT": str(out),
         "POLYCODER_SERVER_LOG": str(tmp_path / "server.log"),
-        "POLYCODER_TEST_HTML": str(tmp_path / "screen.html"),
         **{
             f"XDG_{kind}_HOME": str(tmp_path / kind.lower())
             for kind in ("CONFIG", "DATA", "STATE", "CACHE")
         },
+        **variables,
     }
     process = subprocess.run(
-        [nvim(), "--headless", "--clean", "-u", str(DRIVER)],
+        [nvim(), "--headless", "--clean", "-u", str(driver)],
         env=env,
         capture_output=True,
         text=True,
@@ -60,7 +57,21 @@ def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
     )
     assert out.exists(), f"nvim wrote no result: {process.stderr[-3000:]}"
     result = json.loads(out.read_text())
-    assert result["ok"], result["message"]
+    assert result["ok"], (result["message"], result.get("messages"))
+    return result
+
+
+def run_session(mode: str, model: Path, tmp_path: Path) -> dict:
+    source = tmp_path / "example.py"
+    source.write_text(SOURCE + "\n")
+    result = run_nvim(
+        DRIVER,
+        model,
+        tmp_path,
+        POLYCODER_TEST_MODE=mode,
+        POLYCODER_TEST_FILE=str(source),
+        POLYCODER_TEST_HTML=str(tmp_path / "screen.html"),
+    )
     screenshot(tmp_path / "screen.html", ARTIFACTS / f"neovim-{mode}-ghost-text.png")
     return result
 
@@ -135,39 +146,19 @@ def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
 SCENARIOS = Path(__file__).parent / "nvim_scenarios.lua"
 
 
-def run_scenario(scenario: str, model: Path, tmp_path: Path, **extra_env: str) -> dict:
+def run_scenario(scenario: str, model: Path, tmp_path: Path, **variables: str) -> dict:
     first, second = tmp_path / "first.py", tmp_path / "second.py"
     first.write_text(SOURCE + "\n")
     second.write_text("import sys\n\n\ndef main(argv):\n    count = len(argv)\n")
-    out = tmp_path / "result.json"
-    env = {
-        **os.environ,
-        "POLYCODER_PLUGIN": str(PLUGIN),
-        "POLYCODER_PYTHON": sys.executable,
-        "POLYCODER_MODEL": str(model),
-        "POLYCODER_TEST_SCENARIO": scenario,
-        "POLYCODER_TEST_FILE": str(first),
-        "POLYCODER_TEST_FILE2": str(second),
-        "POLYCODER_TEST_OUT": str(out),
-        "POLYCODER_SERVER_LOG": str(tmp_path / "server.log"),
-        **{
-            f"XDG_{kind}_HOME": str(tmp_path / kind.lower())
-            for kind in ("CONFIG", "DATA", "STATE", "CACHE")
-        },
-        **extra_env,
-    }
-    process = subprocess.run(
-        [nvim(), "--headless", "--clean", "-u", str(SCENARIOS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
+    return run_nvim(
+        SCENARIOS,
+        model,
+        tmp_path,
+        POLYCODER_TEST_SCENARIO=scenario,
+        POLYCODER_TEST_FILE=str(first),
+        POLYCODER_TEST_FILE2=str(second),
+        **variables,
     )
-    assert out.exists(), f"nvim wrote no result: {process.stderr[-3000:]}"
-    result = json.loads(out.read_text())
-    assert result["ok"], (result["message"], result.get("messages"))
-    return result
 
 
 def test_native_completion_in_a_second_buffer_asks_only_about_that_buffer(tiny_model, tmp_path):
