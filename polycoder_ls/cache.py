@@ -48,7 +48,10 @@ class CompletionCache:
 
     @staticmethod
     def _key(cursor: Cursor) -> bytes:
-        return _digest(cursor.prefix, cursor.line_suffix, cursor.following_text)
+        # The language too: the same text is post-processed by its language's rules.
+        return _digest(
+            cursor.language.name, cursor.prefix, cursor.line_suffix, cursor.following_text
+        )
 
     def lookup(self, uri: str, cursor: Cursor) -> tuple[bool, Suggestion | None]:
         """(hit, suggestion): a hit may be a cached "no suggestion"."""

@@ -34,7 +34,7 @@ def _line_end(text: str, starts: list[int], line: int) -> int:
 
 def _units(char: str, encoding: str) -> int:
     if encoding == UTF8:
-        return len(char.encode("utf-8"))
+        return len(char.encode("utf-8", "surrogatepass"))  # a lone surrogate: 3, as U+FFFD
     if encoding == UTF16:
         return 2 if ord(char) > 0xFFFF else 1
     return 1

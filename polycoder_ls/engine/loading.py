@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 
 from ..config import Settings
 from .cpu_kernels import use_cpu_kernels
-from .healing import TokenTexts
+from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
 from .neox_decode import NeoXTokenStep
 
@@ -27,6 +28,7 @@ MODEL_ALIASES = {
     "polycoder-2.7b": "NinedayWang/PolyCoder-2.7B",
 }
 CONTEXT_DECODE_TOKENS = 4
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -63,6 +65,9 @@ class LoadedModel:
         return str(self.dtype).removeprefix("torch.")
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:
+        # A lone surrogate (a JSON "\ud83d" from the client) is no character the tokenizer
+        # takes: U+FFFD instead, one code point for one, so offsets stay the text's own.
+        text = LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoded["input_ids"]), [start for start, _ in encoded["offset_mapping"]]
 

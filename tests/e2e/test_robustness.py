@@ -195,3 +195,18 @@ async def test_an_invalid_value_is_reported_once_though_sent_twice(editor, tiny_
     shown = warnings_shown(editor)
     assert sorted(shown) == sorted(set(shown)) and len(shown) == 2, shown
     assert all("\n" not in message for message in shown)
+
+
+async def test_a_lone_surrogate_in_a_document_still_gets_suggestions(editor, tiny_model):
+    await editor.start({"model": str(tiny_model)})
+    broken = "name = 'x\ud83d'  # half an emoji\n" + TEXT
+    editor.open(URI, broken)
+    line, column = broken.count("\n"), len(broken.split("\n")[-1])
+    mid_line = len("name = 'x\ud83d")
+    with_surrogate = await editor.texts(URI, line, column)
+    after_it = await editor.texts(URI, 0, mid_line)
+    other = "file:///work/project/replaced.py"
+    editor.open(other, broken.replace("\ud83d", "\ufffd"))
+    assert with_surrogate == await editor.texts(other, line, column)
+    assert after_it == await editor.texts(other, 0, mid_line)
+    assert (await editor.status())["state"] == "ready"

@@ -56,3 +56,14 @@ def test_forget_document_stops_type_through():
     cache.store(URI, at("x = "), Suggestion("value"))
     cache.forget_document(URI)
     assert cache.lookup(URI, at("x = va")) == (False, None)
+
+
+def test_the_same_text_in_another_language_is_a_miss():
+    from polycoder_ls.languages import language_named
+
+    python, javascript = language_named("Python"), language_named("JavaScript")
+    assert python is not None and javascript is not None
+    cache = CompletionCache(8, 60)
+    cache.store(URI, Cursor("x = f(", "", "", python), Suggestion("1)"))
+    assert cache.lookup(URI, Cursor("x = f(", "", "", javascript)) == (False, None)
+    assert cache.lookup(URI, Cursor("x = f(", "", "", python)) == (True, Suggestion("1)"))
