@@ -135,12 +135,18 @@ class Settings:
     context_tokens: int = field(
         default=2048,
         metadata=_doc(
-            "Prompt tokens + maxNewTokens never exceed this, nor the model's limit.",
+            "Prompt tokens + maxNewTokens never exceed this, nor the model's limit (the window "
+            "in use is the smaller; polycoder/status shows it).",
             _int_at_least(16),
         ),
     )
     max_new_tokens: int = field(
-        default=64, metadata=_doc("Most tokens generated per suggestion.", _int_at_least(1))
+        default=64,
+        metadata=_doc(
+            "Most tokens generated per suggestion (at most half the window in use: the prompt "
+            "keeps the other half).",
+            _int_at_least(1),
+        ),
     )
     temperature: float = field(
         default=0.0,

@@ -29,10 +29,44 @@ class Prompt:
         return self.clipped_chars > 0
 
 
+@dataclass(frozen=True)
+class Window:
+    """The context window in use: prompt + new tokens fit `context_tokens`."""
+
+    context_tokens: int
+    max_new_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return max(1, self.context_tokens - self.max_new_tokens)
+
+
+def effective_window(context_tokens: int, max_new_tokens: int, model_limit: int | None) -> Window:
+    """The settings' window within the model's positions, with at least half of it left for
+    the prompt."""
+    context = context_tokens if model_limit is None else min(context_tokens, model_limit)
+    return Window(context, min(max_new_tokens, context // 2))
+
+
+def window_notice(context_tokens: int, max_new_tokens: int, model_limit: int | None) -> str | None:
+    """One line when the window in use is not the one the settings ask for."""
+    window = effective_window(context_tokens, max_new_tokens, model_limit)
+    if window == Window(context_tokens, max_new_tokens):
+        return None
+    reasons = []
+    if window.context_tokens < context_tokens:
+        reasons.append(f"contextTokens {context_tokens} is above the model's {model_limit}")
+    if window.max_new_tokens < max_new_tokens:
+        reasons.append(f"maxNewTokens {max_new_tokens} would leave the prompt under half of it")
+    return (
+        "; ".join(reasons)
+        + f": using contextTokens {window.context_tokens}, maxNewTokens {window.max_new_tokens}"
+    )
+
+
 def token_budget(context_tokens: int, max_new_tokens: int, model_limit: int | None) -> int:
     """Prompt tokens allowed so that prompt + new tokens fit both limits."""
-    limit = context_tokens if model_limit is None else min(context_tokens, model_limit)
-    return max(1, limit - max_new_tokens)
+    return effective_window(context_tokens, max_new_tokens, model_limit).prompt_tokens
 
 
 def _line_start_before(text: str, index: int) -> int:

@@ -22,6 +22,7 @@ from .documents import Cursor, DocumentStore, cursor_at
 from .engine import Engine, EngineStatus, LoadEvents, short_model_name
 from .engine.loading import resolve_model
 from .postprocess import Suggestion
+from .prompt import window_notice
 from .status import LastRequest, Metrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class PolycoderLanguageServer(LanguageServer):
         self.metrics = Metrics()
         self.reported_problems: set[str] = set()
         """The problems of the last settings object, so that each is shown once."""
+        self.reported_window: str | None = None
         self.model_loaded: asyncio.Future[Any] | None = None
         self.shutdown_requested = False
         self.editor_watch: asyncio.Future[None] | None = None
@@ -130,6 +132,15 @@ class PolycoderLanguageServer(LanguageServer):
         for notice in status.notices:
             self.show_message(f"polycoder-ls: {notice}", types.MessageType.Warning)
         self.report_model_problem(status)
+        self.report_window()
+
+    def report_window(self) -> None:
+        """One message when the window in use is not the settings' (shown once per value)."""
+        settings, limit = self.settings, self.engine.status.max_positions
+        notice = window_notice(settings.context_tokens, settings.max_new_tokens, limit)
+        if notice is not None and notice != self.reported_window:
+            self.show_message(f"polycoder-ls: {notice}", types.MessageType.Warning)
+        self.reported_window = notice
 
     def report_model_problem(self, status: EngineStatus) -> None:
         """One line when the configured model is not the one that serves, and will not be."""

@@ -8,6 +8,7 @@ from typing import Any
 from .config import Settings, camel_case
 from .engine import EngineStatus
 from .engine.generate import GenerationStats
+from .prompt import effective_window
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,17 @@ def _camel(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -> dict[str, Any]:
+    """The window values are those in use (the settings' within the model's limits)."""
+    window = effective_window(
+        settings.context_tokens, settings.max_new_tokens, engine.max_positions
+    )
     payload: dict[str, Any] = {
         "state": engine.state,
         "model": engine.model,
         "device": engine.device,
         "dtype": engine.dtype,
-        "contextTokens": settings.context_tokens,
+        "contextTokens": window.context_tokens,
+        "maxNewTokens": window.max_new_tokens,
         "last": _camel(asdict(metrics.last)),
         "totals": _camel(asdict(metrics.totals)),
     }

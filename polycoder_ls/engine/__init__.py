@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..documents import Cursor
 from ..postprocess import Suggestion, postprocess
-from ..prompt import build_prompt, token_budget
+from ..prompt import build_prompt, effective_window, token_budget
 from .generate import DecodeParams, GenerationStats, Generator
 from .healing import HealedPrompt, heal
 from .hub import ByteProgress, download, first_line
@@ -48,6 +48,8 @@ class EngineStatus:
     """Why `model` is served instead: the error, or what is under way (downloading...)."""
     notices: tuple[str, ...] = ()
     """Settings that could not be honoured, and what was done instead (shown once)."""
+    max_positions: int | None = None
+    """The serving model's limit of positions (its context window)."""
 
     @property
     def label(self) -> str:
@@ -288,7 +290,10 @@ class Engine:
             continuation = text[healed:]
             return postprocess(continuation, cursor, settings.multiline, settings.stop, False)[1]
 
-        params = DecodeParams(settings.max_new_tokens, settings.temperature, settings.top_p)
+        window = effective_window(
+            settings.context_tokens, settings.max_new_tokens, loaded.max_positions
+        )
+        params = DecodeParams(window.max_new_tokens, settings.temperature, settings.top_p)
         cancelled = (lambda: False) if self._naive else cancel.is_set
         text, stats = generator.generate(
             key, prompt.token_ids, params, finished, cancelled, prompt.removed_text
@@ -314,6 +319,7 @@ def _serving(
         fallback_from=fallback_from,
         fallback_reason=reason,
         notices=loaded.notices,
+        max_positions=loaded.max_positions,
     )
 
 

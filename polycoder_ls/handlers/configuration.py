@@ -28,3 +28,5 @@ def register(server: PolycoderLanguageServer) -> None:
     ) -> None:
         if ls.update_settings(await _new_settings(ls, params.settings)):
             await ls.load_model()
+        else:
+            ls.report_window()

@@ -210,3 +210,15 @@ async def test_a_lone_surrogate_in_a_document_still_gets_suggestions(editor, tin
     assert with_surrogate == await editor.texts(other, line, column)
     assert after_it == await editor.texts(other, 0, mid_line)
     assert (await editor.status())["state"] == "ready"
+
+
+async def test_a_window_beyond_the_model_is_clamped_with_one_message(editor, tiny_model, reference):
+    await editor.start({"model": str(tiny_model), "contextTokens": 8192, "maxNewTokens": 4000})
+    status = await editor.status()
+    assert (status["contextTokens"], status["maxNewTokens"]) == (2048, 1024)
+    assert await message_shown(editor, types.MessageType.Warning, "maxNewTokens 4000", "1024")
+    assert len(warnings_shown(editor)) == 1, warnings_shown(editor)
+    editor.open(URI, TEXT)
+    await editor.texts(URI, 5, 24)
+    last = (await editor.status())["last"]
+    assert last["promptTokens"] == len(reference.healed_prompt(TEXT, Settings())[0])

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from polycoder_ls.prompt import CLIP_LINE_STEP, build_prompt, token_budget
+from polycoder_ls.prompt import CLIP_LINE_STEP, build_prompt, token_budget, window_notice
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,14 @@ SOURCE = "".join(f"def function_{n}(value):\n    return value * {n}\n\n" for n i
 def test_budget_respects_context_and_model_limit():
     assert token_budget(2048, 64, None) == 1984
     assert token_budget(2048, 64, 1024) == 960
-    assert token_budget(100, 200, None) == 1
+    # At least half the window stays for the prompt; the model's positions bound the window.
+    assert token_budget(100, 200, None) == 50
+    assert token_budget(8192, 4000, 2048) == 1024
+    assert window_notice(8192, 4000, 2048) == (
+        "contextTokens 8192 is above the model's 2048; maxNewTokens 4000 would leave the prompt "
+        "under half of it: using contextTokens 2048, maxNewTokens 1024"
+    )
+    assert window_notice(2048, 64, 2048) is None
 
 
 def test_short_prompt_is_the_whole_prefix(tokenize):
