@@ -45,5 +45,5 @@ class InferenceWorker:
             try:
                 future.set_result(job())
             except BaseException as error:  # handed to whoever awaits the future
-                log.debug("inference job failed", exc_info=True)
+                log.error("inference job failed", exc_info=True)
                 future.set_exception(error)
