@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Generator
 from typing import Any, NoReturn
 
+import cattrs
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -30,11 +34,65 @@ log = logging.getLogger(__name__)
 # How long a request that arrives while the model loads waits for it.
 LOAD_WAIT_SECONDS = 300.0
 CONFIGURATION_SECTION = "polycoder"
+MESSAGE_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+
+
+class _Answered:
+    """A request answered with an error while it was read: nothing more to do with it."""
+
+    jsonrpc = None
+
+
+ANSWERED = _Answered()
+
+
+def _reason(error: BaseException | None) -> str:
+    """What was wrong with a message's params, in one line."""
+    if isinstance(error, cattrs.ClassValidationError):
+        return "; ".join(cattrs.transform_error(error))[:300]
+    return str(error)[:300] if error is not None else "unreadable params"
 
 
 class PolycoderProtocol(LanguageServerProtocol):
     """Document sync goes to our DocumentStore only: pygls's own copy would split every line
-    on each keystroke and treats \\f and \\u2028 as line breaks, which LSP does not."""
+    on each keystroke and treats \\f and \\u2028 as line breaks, which LSP does not.
+
+    Every request gets an answer: params that do not deserialize get InvalidParams (pygls logs
+    and drops them), a request before `initialize` ServerNotInitialized, one after `shutdown`
+    InvalidRequest."""
+
+    initialize_seen = False
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except (JsonRpcInvalidParams, JsonRpcInternalError) as error:
+            if "id" not in data or "method" not in data:
+                raise
+            message = f"invalid params for {data['method']}: {_reason(error.__cause__)}"
+            self.reply_error(data["id"], types.ErrorCodes.InvalidParams, message)
+            return ANSWERED
+
+    def reply_error(self, msg_id: Any, code: int, message: str) -> None:
+        log.warning("answered request %r with error %d: %s", msg_id, code, message)
+        self._send_response(msg_id, error=types.ResponseError(code=code, message=message))
+
+    def handle_message(self, message: Any) -> None:
+        if message is ANSWERED:
+            return
+        method, msg_id = getattr(message, "method", None), getattr(message, "id", None)
+        is_request = method is not None and msg_id is not None
+        if method == types.INITIALIZE:
+            self.initialize_seen = True
+        elif is_request and not self.initialize_seen:
+            code = types.ErrorCodes.ServerNotInitialized
+            self.reply_error(msg_id, code, f"{method} before initialize")
+            return
+        if is_request and self._shutdown and method != types.EXIT:
+            code = types.ErrorCodes.InvalidRequest
+            self.reply_error(msg_id, code, f"{method} after shutdown")
+            return
+        super().handle_message(message)
 
     def _user_handler(self, method: str, params: Any) -> Generator[Any, Any, None]:
         if (handler := self.fm.features.get(method)) is not None:
@@ -74,6 +132,15 @@ class PolycoderLanguageServer(LanguageServer):
         self.model_loaded: asyncio.Future[Any] | None = None
         self.shutdown_requested = False
         self.editor_watch: asyncio.Future[None] | None = None
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """A message that is no JSON: answered with ParseError when its id can be read."""
+        if isinstance(error, json.JSONDecodeError) and (found := MESSAGE_ID.search(error.doc)):
+            msg_id = json.loads(found.group(1))
+            assert isinstance(self.protocol, PolycoderProtocol)
+            self.protocol.reply_error(msg_id, types.ErrorCodes.ParseError, f"not JSON: {error}")
+            return
+        super().report_server_error(error, source)
 
     def exit_now(self, code: int) -> NoReturn:
         """Leave at once: a generation in progress must not keep the process (and its GPU
