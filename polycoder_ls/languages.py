@@ -180,7 +180,27 @@ PLAIN_TEXT = Language(
 )
 """Unknown languages: indentation rules only."""
 
-_BY_ID = {language_id: lang for lang in LANGUAGES for language_id in lang.language_ids}
+# Neovim's filetype where it is not the LSP language id (Neovim sends its filetype as the id).
+NEOVIM_FILETYPE = {"csharp": "cs", "cuda-cpp": "cuda"}
+
+
+def lsp_language_ids() -> list[str]:
+    """The language ids editors with LSP ids (VS Code) send for the 12 languages: the one
+    list the extension's document selector and activation events are generated from."""
+    return [language_id for lang in LANGUAGES for language_id in lang.language_ids]
+
+
+def neovim_filetypes() -> list[str]:
+    """The Neovim filetypes of the 12 languages: the Neovim plugin's default `filetypes`."""
+    return [NEOVIM_FILETYPE.get(language_id, language_id) for language_id in lsp_language_ids()]
+
+
+_BY_ID = {
+    alias: lang
+    for lang in LANGUAGES
+    for language_id in lang.language_ids
+    for alias in {language_id, NEOVIM_FILETYPE.get(language_id, language_id)}
+}
 _BY_EXTENSION = {extension: lang for lang in LANGUAGES for extension in lang.extensions}
 _BY_NAME = {lang.name.lower(): lang for lang in LANGUAGES}
 

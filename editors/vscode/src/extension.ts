@@ -5,13 +5,10 @@ import {
   ServerOptions,
   TransportKind,
 } from "vscode-languageclient/node";
+import { LANGUAGES } from "./languages";
 
 const SERVER_SECTION = "polycoder";
 const CLIENT_SECTION = "polycoderLs";
-const LANGUAGES = [
-  "c", "cpp", "csharp", "go", "java", "javascript", "javascriptreact", "php", "python", "ruby",
-  "rust", "scala", "typescript", "typescriptreact",
-];
 const STATUS_POLL_MS = 1000;
 // A window that does not answer for this long is gone (code-server keeps the extension host
 // of a closed browser tab for hours): its server is stopped, and started again if it returns.

@@ -8,11 +8,9 @@ M.defaults = {
   -- threads, contextTokens, maxNewTokens, temperature, topP, multiline, stop, cache,
   -- disabledLanguages). Sent as initializationOptions and answered to workspace/configuration.
   settings = {},
-  -- Filetypes the server attaches to: PolyCoder's 12 languages.
-  filetypes = {
-    "c", "cpp", "cs", "go", "java", "javascript", "javascriptreact", "php", "python", "ruby",
-    "rust", "scala", "typescript", "typescriptreact",
-  },
+  -- Filetypes the server attaches to: PolyCoder's 12 languages (generated from the server's
+  -- list, polycoder_ls/languages.py).
+  filetypes = require("polycoder.languages").filetypes,
   root_markers = { ".git" },
   -- nil: Neovim's own vim.lsp.inline_completion on 0.12+, the plugin's ghost text before.
   -- false: always the plugin's ghost text.
