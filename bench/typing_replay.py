@@ -374,7 +374,7 @@ def build(shape: str, directory: Path) -> Path:
     from model_factory import build_model
 
     if shape == "nano":
-        from polycoder_ls.engine.loading import NANO_DIRECTORY
+        from polycoder_ls.engine_state import NANO_DIRECTORY
 
         return NANO_DIRECTORY
     out = directory / f"polycoder-{shape}-shape"

@@ -23,8 +23,8 @@ from . import __version__
 from .cache import CompletionCache
 from .config import Settings, apply_settings
 from .documents import Cursor, DocumentStore, cursor_at
-from .engine import Engine, EngineStatus, LoadEvents, short_model_name
-from .engine.loading import resolve_model
+from .engine import Engine, LoadEvents
+from .engine_state import EngineStatus, resolve_model, short_model_name
 from .postprocess import Suggestion
 from .prompt import window_notice
 from .status import LastRequest, Metrics

@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import Settings, camel_case
-from .engine import EngineStatus
-from .engine.generate import GenerationStats
+from .engine_state import EngineStatus, GenerationStats
 from .prompt import effective_window
 
 

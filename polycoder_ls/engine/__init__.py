@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..documents import Cursor
+from ..engine_state import EngineStatus, GenerationStats
 from ..postprocess import Suggestion, postprocess
 from ..prompt import build_prompt, effective_window, token_budget
-from .generate import DecodeParams, GenerationStats, Generator
+from .generate import DecodeParams, Generator
 from .healing import HealedPrompt, heal
 from .hub import ByteProgress, download, first_line
 from .loading import (
@@ -31,38 +32,6 @@ from .loading import (
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    state: str  # "loading" | "ready" | "error"
-    model: str
-    device: str = ""
-    dtype: str = ""
-    error: str | None = None
-    """Why the configured model is not served (final), in one line."""
-    fallback_from: str | None = None
-    """The configured model, when `model` is served in its place (the fallback model, or the
-    model that was serving before a change that could not be honoured)."""
-    fallback_reason: str | None = None
-    """Why `model` is served instead: the error, or what is under way (downloading...)."""
-    notices: tuple[str, ...] = ()
-    """Settings that could not be honoured, and what was done instead (shown once)."""
-    max_positions: int | None = None
-    """The serving model's limit of positions (its context window)."""
-
-    @property
-    def label(self) -> str:
-        """What a status bar shows: "nano (fallback for PolyCoder-160M: <reason>)"."""
-        name = short_model_name(self.model)
-        if self.fallback_from is None:
-            return name
-        configured = short_model_name(resolve_model(self.fallback_from))
-        return f"{name} (fallback for {configured}: {self.fallback_reason})"
-
-
-def short_model_name(model: str) -> str:
-    return next((part for part in reversed(model.replace("\\", "/").split("/")) if part), model)
 
 
 @dataclass(frozen=True)

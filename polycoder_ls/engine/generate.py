@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ..engine_state import GenerationStats
 from .healing import pending_text
 from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
 from .loading import LoadedModel
@@ -30,16 +31,6 @@ class DecodeParams:
     max_new_tokens: int
     temperature: float
     top_p: float
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    generated_tokens: int = 0
-    cancelled: bool = False
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
 
 
 @dataclass

@@ -6,12 +6,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import Settings
+from ..engine_state import resolve_model
 from .cpu_kernels import use_cpu_kernels
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
@@ -19,14 +19,6 @@ from .neox_decode import NeoXTokenStep
 
 log = logging.getLogger(__name__)
 
-NANO_DIRECTORY = Path(__file__).resolve().parent.parent / "models" / "nano"
-MODEL_ALIASES = {
-    "nano": str(NANO_DIRECTORY),
-    "polycoder-nano": str(NANO_DIRECTORY),
-    "polycoder-160m": "NinedayWang/PolyCoder-160M",
-    "polycoder-0.4b": "NinedayWang/PolyCoder-0.4B",
-    "polycoder-2.7b": "NinedayWang/PolyCoder-2.7B",
-}
 CONTEXT_DECODE_TOKENS = 4
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -83,13 +75,6 @@ class LoadedModel:
         before = self.decode(tail)
         after = self.decode(tail + token_ids)
         return after[len(before) :] if after.startswith(before) else self.decode(token_ids)
-
-
-def resolve_model(name: str) -> str:
-    """An alias's Hugging Face id; a local path with ~ expanded; otherwise `name`."""
-    if name.lower() in MODEL_ALIASES:
-        return MODEL_ALIASES[name.lower()]
-    return os.path.expanduser(name) if name.startswith("~") else name
 
 
 def _looks_like_path(source: str) -> bool:

@@ -97,7 +97,7 @@ def _model_and_tokenizer(options: TrainOptions, dataset: Dataset) -> tuple[Any, 
         return _new_model(options, tokenizer), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..engine.loading import resolve_model
+    from ..engine_state import resolve_model
 
     source = resolve_model(options.init)
     tokenizer = AutoTokenizer.from_pretrained(source)

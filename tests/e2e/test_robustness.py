@@ -9,7 +9,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcMethodNotFound
 
 from polycoder_ls.config import Settings
-from polycoder_ls.engine.loading import NANO_DIRECTORY
+from polycoder_ls.engine_state import NANO_DIRECTORY
 
 URI = "file:///work/project/robust.py"
 TEXT = (

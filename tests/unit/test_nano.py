@@ -8,7 +8,8 @@ from pathlib import Path
 from polycoder_ls.config import Settings
 from polycoder_ls.documents import Document, cursor_at
 from polycoder_ls.engine import Engine
-from polycoder_ls.engine.loading import NANO_DIRECTORY, load_model
+from polycoder_ls.engine.loading import load_model
+from polycoder_ls.engine_state import NANO_DIRECTORY
 
 MAX_BYTES_ON_DISK = 25 * 1024 * 1024
 

@@ -1,0 +1,66 @@
+"""What the engine reports, without torch: model names and aliases, the engine's status and
+a generation's statistics (so `polycoder/status` and the clients' code need no torch)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+NANO_DIRECTORY = Path(__file__).resolve().parent / "models" / "nano"
+MODEL_ALIASES = {
+    "nano": str(NANO_DIRECTORY),
+    "polycoder-nano": str(NANO_DIRECTORY),
+    "polycoder-160m": "NinedayWang/PolyCoder-160M",
+    "polycoder-0.4b": "NinedayWang/PolyCoder-0.4B",
+    "polycoder-2.7b": "NinedayWang/PolyCoder-2.7B",
+}
+
+
+def resolve_model(name: str) -> str:
+    """An alias's Hugging Face id; a local path with ~ expanded; otherwise `name`."""
+    if name.lower() in MODEL_ALIASES:
+        return MODEL_ALIASES[name.lower()]
+    return os.path.expanduser(name) if name.startswith("~") else name
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: str  # "loading" | "ready" | "error"
+    model: str
+    device: str = ""
+    dtype: str = ""
+    error: str | None = None
+    """Why the configured model is not served (final), in one line."""
+    fallback_from: str | None = None
+    """The configured model, when `model` is served in its place (the fallback model, or the
+    model that was serving before a change that could not be honoured)."""
+    fallback_reason: str | None = None
+    """Why `model` is served instead: the error, or what is under way (downloading...)."""
+    notices: tuple[str, ...] = ()
+    """Settings that could not be honoured, and what was done instead (shown once)."""
+    max_positions: int | None = None
+    """The serving model's limit of positions (its context window)."""
+
+    @property
+    def label(self) -> str:
+        """What a status bar shows: "nano (fallback for PolyCoder-160M: <reason>)"."""
+        name = short_model_name(self.model)
+        if self.fallback_from is None:
+            return name
+        configured = short_model_name(resolve_model(self.fallback_from))
+        return f"{name} (fallback for {configured}: {self.fallback_reason})"
+
+
+def short_model_name(model: str) -> str:
+    return next((part for part in reversed(model.replace("\\", "/").split("/")) if part), model)
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    cancelled: bool = False
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
