@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Generator
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
+from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -141,6 +143,40 @@ class PolycoderLanguageServer(LanguageServer):
             self.protocol.reply_error(msg_id, types.ErrorCodes.ParseError, f"not JSON: {error}")
             return
         super().report_server_error(error, source)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """One editor per server: a second connection while one is active is closed at once
+        (pygls would hand it the first editor's session and its replies)."""
+        self._stop_event = stop_event = threading.Event()
+        connected = False
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connected
+            if connected:
+                peer = writer.get_extra_info("peername")
+                log.warning("refused a second connection from %s: an editor is connected", peer)
+                writer.close()
+                return
+            connected = True
+            self.protocol.set_writer(writer)
+            await run_async(
+                stop_event=stop_event,
+                reader=reader,
+                protocol=self.protocol,
+                logger=log,
+                error_handler=self.report_server_error,
+            )
+            self.shutdown()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(serve())
+        except asyncio.CancelledError:
+            log.debug("TCP server cancelled")
 
     def exit_now(self, code: int) -> NoReturn:
         """Leave at once: a generation in progress must not keep the process (and its GPU

@@ -229,3 +229,40 @@ def test_completion_provider_only_for_clients_without_inline_completion(tiny_mod
         server.send("exit", None, request=False)
         wait_exit(server.process)
     assert providers == {"inline": (True, False), "plain": (True, True)}
+
+
+def test_tcp_a_second_editor_is_refused_and_the_first_keeps_its_replies(tiny_model):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polycoder_ls", "--tcp", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        first = _connect(port)
+        first.settimeout(120)
+        first_stream = first.makefile("rb")
+        initialize = {
+            "id": 1,
+            "method": "initialize",
+            "params": {"processId": None, "capabilities": {}, "initializationOptions": {}},
+        }
+        first.sendall(frame(initialize))
+        assert read_message(first_stream)["id"] == 1
+        second = _connect(port)
+        second.settimeout(60)
+        second.sendall(frame(initialize))
+        try:
+            answered = second.recv(1)
+        except ConnectionResetError:  # closed with the request unread: a reset
+            answered = b""
+        assert answered == b"", "a second connection must be closed, not served"
+        first.sendall(frame({"id": 2, "method": "polycoder/status", "params": {}}))
+        while (reply := read_message(first_stream)).get("id") != 2 or "method" in reply:
+            pass
+        assert reply["result"]["state"] in ("loading", "ready", "error")
+        first.close()
+    finally:
+        process.kill()
+        process.wait()
