@@ -51,7 +51,8 @@ def _column_to_index(line_text: str, column: int, encoding: str) -> int:
     return len(line_text)
 
 
-def _index_to_column(line_text: str, index: int, encoding: str) -> int:
+def index_to_column(line_text: str, index: int, encoding: str) -> int:
+    """The LSP column of string index `index` of a line, in `encoding`'s code units."""
     prefix = line_text[:index]
     if encoding == UTF32 or prefix.isascii():
         return len(prefix)
@@ -86,7 +87,7 @@ class Document:
         offset = min(max(offset, 0), len(self.text))
         line = bisect.bisect_right(self.starts, offset) - 1
         start = self.starts[line]
-        return line, _index_to_column(self.text[start:offset], offset - start, encoding)
+        return line, index_to_column(self.text[start:offset], offset - start, encoding)
 
     def line_end_offset(self, offset: int) -> int:
         line = bisect.bisect_right(self.starts, offset) - 1

@@ -10,11 +10,8 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from .. import __version__
+from ..documents import UTF16, index_to_column
 from .holes import Hole
-
-
-def _utf16_column(line_prefix: str) -> int:
-    return len(line_prefix.encode("utf-16-le")) // 2
 
 
 class CompletionClient:
@@ -51,7 +48,9 @@ class CompletionClient:
                         trigger_kind=types.InlineCompletionTriggerKind.Invoked
                     ),
                     text_document=types.TextDocumentIdentifier(uri),
-                    position=types.Position(line, _utf16_column(line_prefix)),
+                    position=types.Position(
+                        line, index_to_column(line_prefix, len(line_prefix), UTF16)
+                    ),
                 )
             )
         finally:
