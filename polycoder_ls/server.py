@@ -39,13 +39,8 @@ CONFIGURATION_SECTION = "polycoder"
 MESSAGE_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
-class _Answered:
-    """A request answered with an error while it was read: nothing more to do with it."""
-
-    jsonrpc = None
-
-
-ANSWERED = _Answered()
+ANSWERED = object()
+"""Stands for a request answered with an error while it was read: nothing more to do."""
 
 
 def _reason(error: BaseException | None) -> str:

@@ -162,6 +162,7 @@ class Generator:
         reused = len(state.token_ids)
         generated: list[int] = []
         text, was_cancelled, prefilled = "", False, started
+        text_of = self.loaded.text_after(prompt)
         self._cancelled = cancelled
         try:
             with torch.inference_mode():
@@ -171,7 +172,7 @@ class Generator:
                     token := _choose(self._constrained(logits, required_start, text), params)
                 ) not in self.loaded.special_ids:
                     generated.append(token)
-                    text = self.loaded.decode_after(prompt, generated)
+                    text = text_of(generated)
                     if finished(text) or len(generated) >= params.max_new_tokens:
                         break
                     if cancelled():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,15 +67,21 @@ class LoadedModel:
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    def decode_after(self, context: list[int], token_ids: list[int]) -> str:
-        """The text `token_ids` add after `context` (a SentencePiece token's leading space is
-        only kept when it is decoded after other tokens)."""
+    def text_after(self, context: list[int]) -> Callable[[list[int]], str]:
+        """A decoder of the text token ids add after `context` (a SentencePiece token's
+        leading space is only kept when it is decoded after other tokens). The context's own
+        text is decoded once, not at every step."""
         tail = context[-CONTEXT_DECODE_TOKENS:]
-        if not tail:
-            return self.decode(token_ids)
         before = self.decode(tail)
-        after = self.decode(tail + token_ids)
-        return after[len(before) :] if after.startswith(before) else self.decode(token_ids)
+
+        def text(token_ids: list[int]) -> str:
+            after = self.decode(tail + token_ids)
+            return after[len(before) :] if after.startswith(before) else self.decode(token_ids)
+
+        return text
+
+    def decode_after(self, context: list[int], token_ids: list[int]) -> str:
+        return self.text_after(context)(token_ids)
 
 
 def _looks_like_path(source: str) -> bool:

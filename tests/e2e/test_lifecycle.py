@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from rpc import RawServer, frame, read_message
@@ -96,7 +98,9 @@ def test_logs_go_to_the_log_file_and_never_to_stdout(tiny_model, tmp_path):
     assert "model ready" in log_file.read_text()
 
 
-def test_tcp_transport(tiny_model):
+@contextlib.contextmanager
+def tcp_server() -> Iterator[int]:
+    """A `polycoder-ls --tcp` on a free port; yields the port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -105,6 +109,14 @@ def test_tcp_transport(tiny_model):
         stdin=subprocess.DEVNULL,
     )
     try:
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_tcp_transport(tiny_model):
+    with tcp_server() as port:
         connection = _connect(port)
         connection.sendall(
             frame(
@@ -123,9 +135,6 @@ def test_tcp_transport(tiny_model):
         assert reply["result"]["serverInfo"] == {"name": "polycoder-ls", "version": __version__}
         assert "inlineCompletionProvider" in reply["result"]["capabilities"]
         connection.close()
-    finally:
-        process.kill()
-        process.wait()
 
 
 def _connect(port: int) -> socket.socket:
@@ -232,14 +241,7 @@ def test_completion_provider_only_for_clients_without_inline_completion(tiny_mod
 
 
 def test_tcp_a_second_editor_is_refused_and_the_first_keeps_its_replies(tiny_model):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "polycoder_ls", "--tcp", "--port", str(port)],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with tcp_server() as port:
         first = _connect(port)
         first.settimeout(120)
         first_stream = first.makefile("rb")
@@ -263,6 +265,3 @@ def test_tcp_a_second_editor_is_refused_and_the_first_keeps_its_replies(tiny_mod
             pass
         assert reply["result"]["state"] in ("loading", "ready", "error")
         first.close()
-    finally:
-        process.kill()
-        process.wait()
