@@ -7,16 +7,17 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, NoReturn
 
 import cattrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
-from pygls.io_ import run_async
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -27,6 +28,8 @@ from .config import Settings, apply_settings
 from .documents import Cursor, DocumentStore, cursor_at
 from .engine import Engine, LoadEvents
 from .engine_state import EngineStatus, resolve_model, short_model_name
+from .framing import Broken, MessageFramer, Skipped
+from .framing import Event as FramingEvent
 from .postprocess import Suggestion
 from .prompt import window_notice
 from .status import LastRequest, Metrics
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 # How long a request that arrives while the model loads waits for it.
 LOAD_WAIT_SECONDS = 300.0
 CONFIGURATION_SECTION = "polycoder"
+READ_CHUNK_BYTES = 65536
 MESSAGE_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
@@ -139,6 +143,25 @@ class PolycoderLanguageServer(LanguageServer):
             return
         super().report_server_error(error, source)
 
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        """Serve the editor on stdin/stdout, framing messages with our resynchronising reader."""
+        self._stop_event = stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        descriptor = (stdin or sys.stdin.buffer).fileno()
+
+        async def read() -> bytes:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, os.read, descriptor, READ_CHUNK_BYTES)
+
+        try:
+            asyncio.run(self._serve(read, stop_event))
+        except BrokenPipeError:
+            log.error("the editor closed the connection")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
     def start_tcp(self, host: str, port: int) -> None:
         """One editor per server: a second connection while one is active is closed at once
         (pygls would hand it the first editor's session and its replies)."""
@@ -154,13 +177,7 @@ class PolycoderLanguageServer(LanguageServer):
                 return
             connected = True
             self.protocol.set_writer(writer)
-            await run_async(
-                stop_event=stop_event,
-                reader=reader,
-                protocol=self.protocol,
-                logger=log,
-                error_handler=self.report_server_error,
-            )
+            await self._serve(lambda: reader.read(READ_CHUNK_BYTES), stop_event)
             self.shutdown()
 
         async def serve() -> None:
@@ -172,6 +189,34 @@ class PolycoderLanguageServer(LanguageServer):
             asyncio.run(serve())
         except asyncio.CancelledError:
             log.debug("TCP server cancelled")
+
+    async def _serve(
+        self, read: Callable[[], Awaitable[bytes]], stop_event: threading.Event
+    ) -> None:
+        """Hand each framed message to the protocol until the stream ends."""
+        framer = MessageFramer()
+        while not stop_event.is_set():
+            data = await read()
+            if not data:
+                return
+            for event in framer.feed(data, drained=len(data) < READ_CHUNK_BYTES):
+                self._handle(event)
+
+    def _handle(self, event: FramingEvent) -> None:
+        if isinstance(event, Skipped):
+            if not event.blank:
+                log.warning("skipped %d bytes that belong to no message", event.size)
+            return
+        try:
+            if isinstance(event, Broken):
+                text = event.body.decode("utf-8", "replace")
+                raise json.JSONDecodeError(event.reason, text, 0)
+            self.protocol.handle_message(
+                json.loads(event.body, object_hook=self.protocol.structure_message)
+            )
+        except Exception as error:
+            log.exception("unable to handle a message")
+            self.report_server_error(error, JsonRpcException)
 
     def exit_now(self, code: int) -> NoReturn:
         """Leave at once: a generation in progress must not keep the process (and its GPU

@@ -95,3 +95,18 @@ def test_a_request_after_shutdown_is_an_invalid_request(server, tiny_model):
     msg_id = server.send("polycoder/status", {})
     reply = answer(server, msg_id)
     assert reply["error"]["code"] == INVALID_REQUEST, json.dumps(reply)
+
+
+@pytest.mark.parametrize("error", [-12, -1, 3, 40])
+def test_a_wrong_content_length_leaves_the_server_answering(server, tiny_model, error):
+    server.initialize({"model": str(tiny_model)})
+    request = {"jsonrpc": "2.0", "id": 500, "method": "polycoder/status", "params": {}}
+    body = json.dumps(request).encode()
+    assert server.process.stdin is not None
+    server.process.stdin.write(b"Content-Length: %d\r\n\r\n" % (len(body) + error) + body)
+    server.process.stdin.flush()
+    if error > 0:  # a length too long: the body is still read as the JSON value it is
+        assert "result" in answer(server, 500)
+    later = [server.send("polycoder/status", {}) for _ in range(25)]
+    answered = [answer(server, msg_id) for msg_id in later]
+    assert all("result" in message for message in answered)
