@@ -171,7 +171,7 @@ def run_complete(args: argparse.Namespace) -> int:
         print(f"polycoder-ls complete: using the fallback model {status.model}", file=sys.stderr)
     document = Document(path.resolve().as_uri(), "", 0, text)
     cursor = cursor_at(document, document.offset_at(line - 1, column - 1, "utf-32"))
-    future, _ = engine.complete(str(path), cursor, settings)
+    future = engine.complete(str(path), cursor, settings)
     suggestion = future.result().suggestion
     engine.stop(wait=True)
     if suggestion is not None:

@@ -8,8 +8,9 @@ client negotiated utf-8 or utf-32. Out-of-range positions are clamped, never fat
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from .indentation import IndentStyle, detect_indent
@@ -18,18 +19,7 @@ from .languages import PLAIN_TEXT, Language, language_of_document
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
 INDENT_SAMPLE_CHARS = 20000
-
-
-def line_starts(text: str) -> list[int]:
-    return [0] + [match.end() for match in LINE_BREAK.finditer(text)]
-
-
-def _line_end(text: str, starts: list[int], line: int) -> int:
-    """Offset of the end of `line`, before its line break."""
-    if line + 1 >= len(starts):
-        return len(text)
-    end = starts[line + 1]
-    return end - (2 if text.startswith("\r\n", end - 2) else 1)
+CHUNK_CHARS = 16384
 
 
 def _units(char: str, encoding: str) -> int:
@@ -59,43 +49,144 @@ def index_to_column(line_text: str, index: int, encoding: str) -> int:
     return sum(_units(char, encoding) for char in prefix)
 
 
-@dataclass
+class _Chunks:
+    """The text as pieces of about CHUNK_CHARS, with the line breaks of each: an edit costs
+    the pieces it touches plus a pass over the per-piece counts, not the whole text.
+
+    Invariant: no piece ends with \r while the next starts with \n (a \r\n is one break)."""
+
+    def __init__(self, text: str) -> None:
+        self._pieces = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+        self._pieces = self._pieces or [""]
+        self._breaks: list[list[int] | None] = [None] * len(self._pieces)
+        self._mend(0, len(self._pieces))
+        self._reindex()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @property
+    def line_count(self) -> int:
+        return self._lines_before[-1] + 1
+
+    def _reindex(self) -> None:
+        """Piece starts and line breaks before each piece; the last entry is the total."""
+        self._starts = [0, *itertools.accumulate(len(piece) for piece in self._pieces)]
+        counts = (len(self._breaks_of(index)) for index in range(len(self._pieces)))
+        self._lines_before = [0, *itertools.accumulate(counts)]
+
+    def _breaks_of(self, index: int) -> list[int]:
+        """Offsets in piece `index` just after each of its line breaks."""
+        breaks = self._breaks[index]
+        if breaks is None:
+            breaks = [match.end() for match in LINE_BREAK.finditer(self._pieces[index])]
+            self._breaks[index] = breaks
+        return breaks
+
+    def _mend(self, first: int, last: int) -> None:
+        """Drop empty pieces and restore the \r\n invariant, for pieces first..last."""
+        index, last = max(first, 0), min(last, len(self._pieces) - 1)
+        while index <= last:
+            piece = self._pieces[index]
+            if not piece and len(self._pieces) > 1:
+                del self._pieces[index], self._breaks[index]
+                last -= 1
+            elif index > 0 and self._pieces[index - 1].endswith("\r") and piece.startswith("\n"):
+                self._pieces[index - 1] += "\n"
+                self._pieces[index] = piece[1:]
+                self._breaks[index - 1] = self._breaks[index] = None
+            else:
+                index += 1
+
+    def slice(self, start: int, end: int) -> str:
+        start, end = max(0, start), min(end, len(self))
+        if start >= end:
+            return ""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_left(self._starts, end) - 1
+        parts = self._pieces[first : last + 1]
+        head, tail = start - self._starts[first], end - self._starts[last]
+        if first == last:
+            return parts[0][head:tail]
+        return parts[0][head:] + "".join(parts[1:-1]) + parts[-1][:tail]
+
+    def replace(self, start: int, end: int, text: str) -> None:
+        length = len(self)
+        start = min(max(start, 0), length)
+        end = min(max(end, start), length)
+        first = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        first = min(first, len(self._pieces) - 1)
+        last = min(max(bisect.bisect_left(self._starts, end) - 1, first), len(self._pieces) - 1)
+        head = self._pieces[first][: start - self._starts[first]]
+        tail = self._pieces[last][end - self._starts[last] :]
+        joined = head + text + tail
+        pieces = [joined[i : i + CHUNK_CHARS] for i in range(0, len(joined), CHUNK_CHARS)]
+        if not pieces and last - first + 1 == len(self._pieces):
+            pieces = [""]  # the whole text deleted
+        self._pieces[first : last + 1] = pieces
+        self._breaks[first : last + 1] = [None] * len(pieces)
+        self._mend(first, first + len(pieces))
+        self._reindex()
+
+    def line_start(self, line: int) -> int:
+        """The offset where `line` starts (`line` within 0..line_count-1)."""
+        if line <= 0:
+            return 0
+        index = bisect.bisect_left(self._lines_before, line) - 1
+        return self._starts[index] + self._breaks_of(index)[line - self._lines_before[index] - 1]
+
+    def line_of(self, offset: int) -> int:
+        index = min(bisect.bisect_right(self._starts, offset) - 1, len(self._pieces) - 1)
+        local = offset - self._starts[index]
+        return self._lines_before[index] + bisect.bisect_right(self._breaks_of(index), local)
+
+    def line_end(self, line: int) -> int:
+        """The offset of the end of `line`, before its line break."""
+        if line + 1 >= self.line_count:
+            return len(self)
+        next_start = self.line_start(line + 1)
+        return next_start - (2 if self.slice(next_start - 2, next_start) == "\r\n" else 1)
+
+
 class Document:
-    """An open text document; `starts` caches its line-start offsets."""
+    """An open text document; edits cost time in proportion to the edit, not the document."""
 
-    uri: str
-    language_id: str
-    version: int
-    text: str
-    starts: list[int] = field(default_factory=list, repr=False)
+    def __init__(self, uri: str, language_id: str, version: int, text: str) -> None:
+        self.uri, self.language_id, self.version = uri, language_id, version
+        self._chunks = _Chunks(text)
 
-    def __post_init__(self) -> None:
-        self.starts = line_starts(self.text)
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def text(self) -> str:
+        """The whole text (a copy: costs the document's length)."""
+        return self._chunks.slice(0, len(self._chunks))
+
+    def slice(self, start: int, end: int) -> str:
+        return self._chunks.slice(start, end)
 
     def offset_at(self, line: int, column: int, encoding: str) -> int:
         """The string index of an LSP position, clamped into the document."""
         if line < 0:
             return 0
-        if line >= len(self.starts):
-            return len(self.text)
-        start = self.starts[line]
-        end = _line_end(self.text, self.starts, line)
-        return start + _column_to_index(self.text[start:end], max(column, 0), encoding)
+        if line >= self._chunks.line_count:
+            return len(self)
+        start, end = self._chunks.line_start(line), self._chunks.line_end(line)
+        return start + _column_to_index(self.slice(start, end), max(column, 0), encoding)
 
     def position_at(self, offset: int, encoding: str) -> tuple[int, int]:
         """The LSP (line, column) of a string index."""
-        offset = min(max(offset, 0), len(self.text))
-        line = bisect.bisect_right(self.starts, offset) - 1
-        start = self.starts[line]
-        return line, index_to_column(self.text[start:offset], offset - start, encoding)
+        offset = min(max(offset, 0), len(self))
+        line = self._chunks.line_of(offset)
+        start = self._chunks.line_start(line)
+        return line, index_to_column(self.slice(start, offset), offset - start, encoding)
 
     def line_end_offset(self, offset: int) -> int:
-        line = bisect.bisect_right(self.starts, offset) - 1
-        return _line_end(self.text, self.starts, line)
+        return self._chunks.line_end(self._chunks.line_of(offset))
 
     def replace(self, start: int, end: int, new_text: str) -> None:
-        self.text = self.text[:start] + new_text + self.text[max(start, end) :]
-        self.starts = line_starts(self.text)
+        self._chunks.replace(start, end, new_text)
 
 
 @dataclass(frozen=True)
@@ -125,9 +216,9 @@ FOLLOWING_TEXT_CHARS = 4000
 def cursor_at(document: Document, offset: int) -> Cursor:
     line_end = document.line_end_offset(offset)
     return Cursor(
-        prefix=document.text[:offset],
-        line_suffix=document.text[offset:line_end],
-        following_text=document.text[line_end : line_end + FOLLOWING_TEXT_CHARS],
+        prefix=document.slice(0, offset),
+        line_suffix=document.slice(offset, line_end),
+        following_text=document.slice(line_end, line_end + FOLLOWING_TEXT_CHARS),
         language=language_of_document(document.language_id, document.uri),
     )
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .postprocess import Suggestion
 
 NANO_DIRECTORY = Path(__file__).resolve().parent / "models" / "nano"
 MODEL_ALIASES = {
@@ -64,3 +68,9 @@ class GenerationStats:
     cancelled: bool = False
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompletionOutcome:
+    suggestion: Suggestion | None
+    stats: GenerationStats

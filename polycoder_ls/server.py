@@ -23,21 +23,16 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from . import __version__
-from .cache import CompletionCache
 from .config import Settings, apply_settings
-from .documents import Cursor, DocumentStore, cursor_at
 from .engine import Engine, LoadEvents
 from .engine_state import EngineStatus, resolve_model, short_model_name
 from .framing import Broken, MessageFramer, Skipped
 from .framing import Event as FramingEvent
-from .postprocess import Suggestion
+from .pipeline import CompletionPipeline
 from .prompt import window_notice
-from .status import LastRequest, Metrics
 
 log = logging.getLogger(__name__)
 
-# How long a request that arrives while the model loads waits for it.
-LOAD_WAIT_SECONDS = 300.0
 CONFIGURATION_SECTION = "polycoder"
 READ_CHUNK_BYTES = 65536
 MESSAGE_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
@@ -123,14 +118,11 @@ class PolycoderLanguageServer(LanguageServer):
             max_workers=4,
         )
         self.settings = Settings()
-        self.documents = DocumentStore()
         self.engine = engine
-        self.cache = CompletionCache(self.settings.cache.size, self.settings.cache.ttl_seconds)
-        self.metrics = Metrics()
+        self.pipeline = CompletionPipeline(engine, self.settings)
         self.reported_problems: set[str] = set()
         """The problems of the last settings object, so that each is shown once."""
         self.reported_window: str | None = None
-        self.model_loaded: asyncio.Future[Any] | None = None
         self.shutdown_requested = False
         self.editor_watch: asyncio.Future[None] | None = None
 
@@ -221,6 +213,7 @@ class PolycoderLanguageServer(LanguageServer):
     def exit_now(self, code: int) -> NoReturn:
         """Leave at once: a generation in progress must not keep the process (and its GPU
         memory) alive."""
+        self.pipeline.jobs.cancel_all()
         self.engine.stop()
         logging.shutdown()
         os._exit(code)
@@ -245,7 +238,7 @@ class PolycoderLanguageServer(LanguageServer):
                 self.show_message(f"polycoder-ls: {problem}", types.MessageType.Warning)
         self.reported_problems = set(problems)
         if self.settings != previous:
-            self.cache = CompletionCache(self.settings.cache.size, self.settings.cache.ttl_seconds)
+            self.pipeline.settings_changed(self.settings)
         return self.settings.needs_reload(previous)
 
     async def fetch_client_settings(self) -> Any:
@@ -267,11 +260,11 @@ class PolycoderLanguageServer(LanguageServer):
         """(Re)load the configured model, showing work-done progress; problems are shown once.
         A model that must be downloaded first comes later, in the background, while the
         fallback model serves."""
-        self.cache.clear()
         events = _BackgroundLoad(self, asyncio.get_running_loop())
-        self.model_loaded = asyncio.wrap_future(self.engine.load(self.settings, events))
+        loaded = asyncio.wrap_future(self.engine.load(self.settings, events))
+        self.pipeline.model_loading(loaded)
         async with self.work_progress(f"Loading {self.settings.model}"):
-            status = await asyncio.shield(self.model_loaded)
+            status = await asyncio.shield(loaded)
         for notice in status.notices:
             self.show_message(f"polycoder-ls: {notice}", types.MessageType.Warning)
         self.report_model_problem(status)
@@ -307,79 +300,6 @@ class PolycoderLanguageServer(LanguageServer):
         window = self.client_capabilities.window
         enabled = window is not None and bool(window.work_done_progress)
         return _WorkDoneProgress(self, title, enabled)
-
-    # Completion ---------------------------------------------------------------------------
-
-    def cursor(self, uri: str, position: types.Position) -> tuple[Cursor, int] | None:
-        document = self.documents.get(uri)
-        if document is None:
-            log.warning("completion requested for a document that is not open: %s", uri)
-            return None
-        if document.language_id in self.settings.disabled_languages:
-            return None
-        offset = document.offset_at(position.line, position.character, self.position_encoding)
-        return cursor_at(document, offset), offset
-
-    async def complete(
-        self, uri: str, position: types.Position
-    ) -> tuple[Suggestion, types.Range] | None:
-        """The suggestion for the cursor at `position` and the range it replaces."""
-        started = time.perf_counter()
-        self.metrics.totals.requests += 1
-        self.engine.cancel(uri)
-        located = self.cursor(uri, position)
-        if located is None:
-            return None
-        cursor, offset = located
-        hit, suggestion = self.cache.lookup(uri, cursor)
-        if hit:
-            self.metrics.record(LastRequest(cache_hit=True, latency_ms=_ms_since(started)))
-        else:
-            version = self.documents.version(uri)
-            suggestion = await self._generate(uri, cursor, started)
-            if self.documents.version(uri) != version:
-                return None  # the document changed while the model ran: the answer is stale
-        if suggestion is None:
-            return None
-        return suggestion, self._replaced_range(uri, offset, suggestion)
-
-    async def _generate(self, uri: str, cursor: Cursor, started: float) -> Suggestion | None:
-        if not await self._model_ready():
-            return None
-        settings = self.settings
-        future, cancel = self.engine.complete(uri, cursor, settings)
-        try:
-            outcome = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            self.metrics.record(LastRequest(cancelled=True, latency_ms=_ms_since(started)))
-            raise
-        self.metrics.record(LastRequest.of_generation(outcome.stats, _ms_since(started)))
-        if outcome.stats.cancelled:
-            return None
-        if settings is self.settings:
-            self.cache.store(uri, cursor, outcome.suggestion)
-        return outcome.suggestion
-
-    async def _model_ready(self) -> bool:
-        if self.engine.status.state == "loading" and self.model_loaded is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.model_loaded), LOAD_WAIT_SECONDS)
-            except TimeoutError:
-                log.warning("model still loading after %.0f s; no suggestion", LOAD_WAIT_SECONDS)
-        return self.engine.status.state == "ready"
-
-    def _replaced_range(self, uri: str, offset: int, suggestion: Suggestion) -> types.Range:
-        document = self.documents.get(uri)
-        assert document is not None
-        encoding = self.position_encoding
-        start = document.position_at(offset, encoding)
-        end = document.position_at(offset + suggestion.replaced_chars, encoding)
-        return types.Range(types.Position(*start), types.Position(*end))
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
 
 
 class _WorkDoneProgress:
@@ -463,7 +383,7 @@ class _BackgroundLoad(LoadEvents):
     def _on_ended(self, status: EngineStatus) -> None:
         if self._progress is not None:
             self._progress.end()
-        self._server.cache.clear()  # answers of the fallback model
+        self._server.pipeline.model_replaced()
         self._server.report_model_problem(status)
 
 

@@ -11,12 +11,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from ..config import Settings
 from ..documents import Cursor
-from ..engine_state import EngineStatus, GenerationStats
-from ..postprocess import Suggestion, postprocess
+from ..engine_state import CompletionOutcome, EngineStatus, GenerationStats
+from ..postprocess import postprocess
 from ..prompt import build_prompt, effective_window, token_budget
 from .generate import DecodeParams, Generator
 from .healing import HealedPrompt, heal
@@ -32,12 +31,6 @@ from .loading import (
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CompletionOutcome:
-    suggestion: Suggestion | None
-    stats: GenerationStats
 
 
 class LoadEvents:
@@ -70,7 +63,6 @@ class Engine:
         self._naive = naive
         self._worker = InferenceWorker()
         self._generator: Generator | None = None
-        self._cancel_events: dict[str, threading.Event] = {}
         self._status_lock = threading.Lock()
         self._load_generation = 0
         self._status = EngineStatus(state="loading", model="")
@@ -82,8 +74,8 @@ class Engine:
     def load(self, settings: Settings, events: LoadEvents | None = None) -> Future[EngineStatus]:
         """Replace the model (in the background); in-flight requests are cancelled. The
         future ends once something serves: the model, or the fallback while the model is
-        downloaded and loaded on another thread (then `events` hears of it)."""
-        self.cancel_all()
+        downloaded and loaded on another thread (then `events` hears of it). Requests
+        queued before it are the caller's to cancel."""
         with self._status_lock:
             self._load_generation += 1
             generation = self._load_generation
@@ -211,26 +203,19 @@ class Engine:
                 self._status = dataclasses.replace(self._status, fallback_reason=reason)
 
     def complete(
-        self, key: str, cursor: Cursor, settings: Settings
-    ) -> tuple[Future[CompletionOutcome], threading.Event]:
-        """Queue a completion for document `key`; a running one for `key` is cancelled.
-        Set the returned event to cancel this one."""
-        self.cancel(key)
-        cancel = self._cancel_events[key] = threading.Event()
-        future = self._worker.submit(lambda: self._complete(key, cursor, settings, cancel))
-        return future, cancel
-
-    def cancel(self, key: str) -> None:
-        if (event := self._cancel_events.pop(key, None)) is not None:
-            event.set()
-
-    def cancel_all(self) -> None:
-        for key in list(self._cancel_events):
-            self.cancel(key)
+        self,
+        key: str,
+        cursor: Cursor,
+        settings: Settings,
+        cancel: threading.Event | None = None,
+    ) -> Future[CompletionOutcome]:
+        """Queue a completion for document `key`; it stops within one decode step once
+        `cancel` is set (the naive baseline: only before it starts)."""
+        cancel = cancel or threading.Event()
+        return self._worker.submit(lambda: self._complete(key, cursor, settings, cancel))
 
     def forget(self, key: str) -> None:
         """Drop everything kept for document `key` (its KV cache)."""
-        self.cancel(key)
         self._worker.submit(lambda: self._forget(key))
 
     def _forget(self, key: str) -> None:
@@ -238,7 +223,7 @@ class Engine:
             self._generator.forget(key)
 
     def stop(self, wait: bool = False) -> None:
-        self.cancel_all()
+        """End the worker after the jobs queued (the caller cancels those it no longer wants)."""
         self._worker.stop(wait)
 
     def _complete(

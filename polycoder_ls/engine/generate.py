@@ -67,6 +67,8 @@ class Generator:
         self.reuse_kv = reuse_kv
         self._kept: OrderedDict[str, _KeptState] = OrderedDict()
         self._cancelled: Callable[[], bool] = _never
+        """The running generation's cancel test: checked between prefill chunks and decode
+        steps, and (the hooks) before every decoder layer and matrix product."""
         # The cancel check also runs before every decoder layer and every matrix product in
         # one: a cancel lands within one product's work even in the middle of a prefill chunk.
         for layer in _decoder_layers(loaded.model):
@@ -133,14 +135,11 @@ class Generator:
         output = self.loaded.model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1)
         return output.logits[0, -1]
 
-    def _prefill(
-        self, state: _KeptState, prompt: list[int], cancelled: Callable[[], bool]
-    ) -> torch.Tensor:
+    def _prefill(self, state: _KeptState, prompt: list[int]) -> torch.Tensor:
         """Feed the prompt tokens the cache lacks, in chunks, checking for a cancel."""
         logits = None
         for start in range(len(state.token_ids), len(prompt), PREFILL_CHUNK_TOKENS):
-            if cancelled():
-                raise _Cancelled
+            self._check_cancel()
             logits = self._forward(state, prompt[start : start + PREFILL_CHUNK_TOKENS])
         assert logits is not None, "_take_state leaves at least one prompt token to feed"
         return logits
@@ -166,7 +165,7 @@ class Generator:
         self._cancelled = cancelled
         try:
             with torch.inference_mode():
-                logits = self._prefill(state, prompt, cancelled)
+                logits = self._prefill(state, prompt)
                 prefilled = time.perf_counter()
                 while (
                     token := _choose(self._constrained(logits, required_start, text), params)
@@ -175,8 +174,7 @@ class Generator:
                     text = text_of(generated)
                     if finished(text) or len(generated) >= params.max_new_tokens:
                         break
-                    if cancelled():
-                        raise _Cancelled
+                    self._check_cancel()
                     logits = self._forward(state, [token])
         except _Cancelled:
             was_cancelled = True

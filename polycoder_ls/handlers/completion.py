@@ -8,6 +8,7 @@ from typing import Any
 
 from lsprotocol import types
 
+from ..postprocess import Suggestion
 from ..server import PolycoderLanguageServer  # a runtime name: pygls reads handler annotations
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,20 @@ def accept_command(length: int) -> types.Command:
 
 def _record_acceptance(ls: PolycoderLanguageServer, length: Any, accepted: Any) -> None:
     if isinstance(length, int) and isinstance(accepted, int):
-        ls.metrics.record_acceptance(accepted, length)
+        ls.pipeline.metrics.record_acceptance(accepted, length)
     else:
         log.warning("ignored acceptance report: length %r, acceptedLength %r", length, accepted)
+
+
+async def _complete(
+    ls: PolycoderLanguageServer, uri: str, position: types.Position
+) -> tuple[Suggestion, types.Range] | None:
+    where = (position.line, position.character)
+    completion = await ls.pipeline.complete(uri, where, ls.position_encoding, ls.settings)
+    if completion is None:
+        return None
+    start, end = (types.Position(*point) for point in (completion.start, completion.end))
+    return completion.suggestion, types.Range(start, end)
 
 
 def register(server: PolycoderLanguageServer) -> None:
@@ -48,11 +60,11 @@ def register(server: PolycoderLanguageServer) -> None:
     async def inline_completion(
         ls: PolycoderLanguageServer, params: types.InlineCompletionParams
     ) -> types.InlineCompletionList:
-        result = await ls.complete(params.text_document.uri, params.position)
+        result = await _complete(ls, params.text_document.uri, params.position)
         if result is None:
             return types.InlineCompletionList(items=[])
         suggestion, replaced = result
-        ls.metrics.totals.shown += 1
+        ls.pipeline.metrics.totals.shown += 1
         item = types.InlineCompletionItem(
             insert_text=suggestion.text,
             range=replaced,
@@ -69,7 +81,7 @@ def register_fallback(server: PolycoderLanguageServer) -> None:
     async def completion(
         ls: PolycoderLanguageServer, params: types.CompletionParams
     ) -> types.CompletionList:
-        result = await ls.complete(params.text_document.uri, params.position)
+        result = await _complete(ls, params.text_document.uri, params.position)
         if result is None:
             return types.CompletionList(is_incomplete=True, items=[])
         suggestion, replaced = result

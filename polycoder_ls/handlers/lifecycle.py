@@ -54,6 +54,7 @@ def register(server: PolycoderLanguageServer) -> None:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: PolycoderLanguageServer, params: None) -> None:
         ls.shutdown_requested = True
+        ls.pipeline.jobs.cancel_all()
         ls.engine.stop()
 
     @server.feature(types.EXIT)

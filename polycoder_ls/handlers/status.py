@@ -15,4 +15,4 @@ STATUS_METHOD = "polycoder/status"
 def register(server: PolycoderLanguageServer) -> None:
     @server.feature(STATUS_METHOD)
     def status(ls: PolycoderLanguageServer, params: Any) -> dict[str, Any]:
-        return status_payload(ls.engine.status, ls.settings, ls.metrics)
+        return status_payload(ls.engine.status, ls.settings, ls.pipeline.metrics)

@@ -48,7 +48,7 @@ def engine_suggestion(model: Path, text: str, max_new_tokens: int = 12):
     try:
         assert engine.load(settings).result().state == "ready"
         cursor = cursor_at(Document("file:///t.py", "python", 1, text), len(text))
-        future, _ = engine.complete("file:///t.py", cursor, settings)
+        future = engine.complete("file:///t.py", cursor, settings)
         return future.result().suggestion
     finally:
         engine.stop(wait=True)
@@ -165,7 +165,7 @@ def test_after_a_trailing_space_nano_never_suggests_a_second_one():
         for language, prefixes in TRAILING_SPACE.items():
             for prefix in prefixes:
                 cursor = cursor_at(Document("file:///t", language, 1, prefix), len(prefix))
-                future, _ = engine.complete(prefix, cursor, settings)
+                future = engine.complete(prefix, cursor, settings)
                 suggestion = future.result().suggestion
                 texts.append(suggestion.text if suggestion else None)
     finally:

@@ -35,6 +35,6 @@ def test_nano_completes_python_code(tmp_path: Path):
     settings = Settings(model="nano", threads=1, max_new_tokens=16)
     assert engine.load(settings).result().state == "ready"
     cursor = cursor_at(Document("file:///x.py", "python", 0, text), len(text))
-    suggestion = engine.complete("x", cursor, settings)[0].result().suggestion
+    suggestion = engine.complete("x", cursor, settings).result().suggestion
     engine.stop(wait=True)
     assert suggestion is not None and suggestion.text.strip()
