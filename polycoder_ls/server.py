@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -29,6 +31,7 @@ from .engine_state import EngineStatus, resolve_model, short_model_name
 from .framing import Broken, MessageFramer, Skipped
 from .framing import Event as FramingEvent
 from .pipeline import CompletionPipeline
+from .processes import end_children
 from .prompt import window_notice
 
 log = logging.getLogger(__name__)
@@ -186,6 +189,8 @@ class PolycoderLanguageServer(LanguageServer):
         self, read: Callable[[], Awaitable[bytes]], stop_event: threading.Event
     ) -> None:
         """Hand each framed message to the protocol until the stream ends."""
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # main thread, POSIX only
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminated)
         framer = MessageFramer()
         while not stop_event.is_set():
             data = await read()
@@ -215,8 +220,16 @@ class PolycoderLanguageServer(LanguageServer):
         memory) alive."""
         self.pipeline.jobs.cancel_all()
         self.engine.stop()
+        end_children()  # a kernel build's compiler
+        from .engine.cpu_kernels import remove_unfinished_builds
+
+        remove_unfinished_builds(also_this_process=True)
         logging.shutdown()
         os._exit(code)
+
+    def _terminated(self) -> None:
+        log.info("terminated (SIGTERM)")
+        self.exit_now(0)
 
     @property
     def position_encoding(self) -> str:

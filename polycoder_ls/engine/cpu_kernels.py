@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from ..processes import process_alive
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -55,16 +57,41 @@ def _compiler() -> str:
     raise KernelUnavailable("no C compiler found (set CC, or install gcc)")
 
 
+BUILD_PREFIX = "build-"
+
+
 def _build(library: Path) -> None:
-    """Compile the kernels into `library` (atomically: concurrent servers may race)."""
+    """Compile the kernels into `library` (atomically: concurrent servers may race). The
+    compiler leads a process group of its own, so that the server can end it with its
+    children when it is terminated; the scratch directory names this process, so that what a
+    killed server left is known as such (`remove_unfinished_builds`)."""
     library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+    prefix = f"{BUILD_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=library.parent) as scratch:
         built = Path(scratch) / library.name
         command = [_compiler(), *COMPILE_FLAGS, "-o", str(built), str(SOURCE), "-lm"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise KernelUnavailable(f"compiling {SOURCE.name} failed: {result.stderr.strip()}")
+        with subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as compiler:
+            _, errors = compiler.communicate()
+        if compiler.returncode != 0:
+            raise KernelUnavailable(f"compiling {SOURCE.name} failed: {errors.strip()}")
         os.replace(built, library)
+
+
+def remove_unfinished_builds(also_this_process: bool = False) -> None:
+    """Remove the scratch directories of builds whose server is gone (and this one's)."""
+    directory = _cache_directory()
+    for scratch in directory.glob(f"{BUILD_PREFIX}*-*") if directory.is_dir() else ():
+        pid = scratch.name.removeprefix(BUILD_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        if (also_this_process and int(pid) == os.getpid()) or not process_alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _cpu_has_avx2() -> bool:
@@ -97,6 +124,7 @@ class CpuKernels:
         digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode())
         library_path = _cache_directory() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
         try:
+            remove_unfinished_builds()
             if not library_path.exists():
                 _build(library_path)
             # torch is imported, so its OpenMP runtime (libgomp.so.1) is the one this binds to.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
+from ..processes import process_alive
 from . import completion
 
 if TYPE_CHECKING:
@@ -19,18 +20,8 @@ log = logging.getLogger(__name__)
 EDITOR_CHECK_SECONDS = 2.0
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def _exit_when_editor_dies(server: PolycoderLanguageServer, pid: int) -> None:
-    while _process_alive(pid):
+    while process_alive(pid):
         await asyncio.sleep(EDITOR_CHECK_SECONDS)
     log.info("editor process %d is gone; exiting", pid)
     server.exit_now(0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rpc import RawServer, frame, read_message
@@ -265,3 +267,59 @@ def test_tcp_a_second_editor_is_refused_and_the_first_keeps_its_replies(tiny_mod
             pass
         assert reply["result"]["state"] in ("loading", "ready", "error")
         first.close()
+
+
+def test_an_editor_that_died_unreaped_counts_as_dead(tiny_model):
+    editor_process = subprocess.Popen([sys.executable, "-c", "pass"])
+    while not _is_zombie(editor_process.pid):  # exited; not waited for: a zombie
+        time.sleep(0.05)
+    server = RawServer()
+    server.initialize({"model": str(tiny_model)}, process_id=editor_process.pid)
+    assert wait_exit(server.process) is not None
+    editor_process.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not _is_zombie(pid)
+    except FileNotFoundError:
+        return False
+
+
+SLOW_COMPILER = """#!/bin/sh
+sleep 120 &
+echo $! > "{pid_file}"
+wait
+exec cc "$@"
+"""
+
+
+def test_sigterm_during_the_kernel_build_ends_the_compiler_and_leaves_no_files(
+    tiny_model, tmp_path
+):
+    cache, pid_file, compiler = tmp_path / "cache", tmp_path / "compiler.pid", tmp_path / "cc"
+    compiler.write_text(SLOW_COMPILER.format(pid_file=pid_file))
+    compiler.chmod(0o755)
+    leftover = cache / "polycoder-ls" / "kernels" / "build-999999999-x"  # a dead server's
+    leftover.mkdir(parents=True)
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "CC": str(compiler)}
+    server = RawServer(env=env)
+    server.initialize({"model": str(tiny_model)})
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the kernel build never started"
+        time.sleep(0.05)
+    compiler_child = int(pid_file.read_text())  # what the compiler runs: a grandchild
+    assert not leftover.exists(), "an unfinished build of a dead server is removed"
+    server.process.terminate()
+    assert wait_exit(server.process) is not None
+    deadline = time.monotonic() + 20
+    while _alive(compiler_child):
+        assert time.monotonic() < deadline, "the compiler's work outlived the server"
+        time.sleep(0.05)
+    assert list((cache / "polycoder-ls" / "kernels").iterdir()) == []
