@@ -1,7 +1,15 @@
-"""An independent greedy generation with plain `generate`, to compare the server with."""
+"""An independent oracle for the server's suggestions: plain `generate` for the model, and the
+prompt and post-processing computed here from their documented rules, without the server's
+prompt builder, cursor or post-processor (a bug there cannot hide in the expectation).
+
+What it covers: a cursor at the end of its line (nothing or whitespace after it). Single-line
+suggestions are computed exactly; a multi-line suggestion is checked for consistency with the
+raw generation (`multiline_consistent`)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,10 +21,25 @@ from transformers import (
 )
 
 from polycoder_ls.config import Settings
-from polycoder_ls.documents import Document, cursor_at
 from polycoder_ls.engine.cpu_kernels import use_cpu_kernels
-from polycoder_ls.postprocess import Suggestion, postprocess
-from polycoder_ls.prompt import build_prompt, token_budget
+
+# The prompt: whole lines dropped from the left, first only at line numbers that are multiples
+# of this (README: "Prompt"), then at any line, then the last tokens of one huge line.
+CLIP_LINE_STEP = 32
+# Text that ends a suggestion: special tokens the model may spell, and U+FFFD (bytes that
+# decode to no character).
+ENDS = ("<|endoftext|>", "<|padding|>", "<|separator|>", "<fim_", "<|fim", "\ufffd")
+BLOCK_OPENERS = re.compile(r"[:{(\[]\s*$")
+
+
+# After the cursor on its line, only these (closers the suggestion may retype) allow one.
+CLOSERS = set(")]}>\"'`;,.: \t")
+
+
+@dataclass(frozen=True)
+class Expected:
+    text: str
+    replaced_chars: int = 0
 
 
 class ReferenceModel:
@@ -33,9 +56,20 @@ class ReferenceModel:
 
     def prompt_ids(self, prefix: str, settings: Settings) -> list[int]:
         limit = self.model.config.max_position_embeddings
-        budget = token_budget(settings.context_tokens, settings.max_new_tokens, limit)
-        ids = build_prompt(prefix, self.tokenize, budget).token_ids
-        return ids or [self.tokenizer.eos_token_id]
+        context = min(settings.context_tokens, limit)
+        budget = max(1, context - min(settings.max_new_tokens, context // 2))
+        return self._clipped(prefix, budget) or [self.tokenizer.eos_token_id]
+
+    def _clipped(self, prefix: str, budget: int) -> list[int]:
+        ids = self.tokenize(prefix)[0]
+        if len(ids) <= budget:
+            return ids
+        starts = [0] + [index + 1 for index, char in enumerate(prefix) if char == "\n"]
+        for step in (CLIP_LINE_STEP, 1):
+            for number, start in enumerate(starts):
+                if number % step == 0 and len(kept := self.tokenize(prefix[start:])[0]) <= budget:
+                    return kept
+        return ids[-budget:]
 
     def raw_generation(self, prompt: list[int], max_new_tokens: int, healed: str = "") -> str:
         """Greedy text after `prompt`; its first tokens spell `healed` (token healing)."""
@@ -64,13 +98,82 @@ class ReferenceModel:
             return ids, ""
         return ids[:-1], last
 
-    def suggestion(self, text: str, offset: int, settings: Settings) -> Suggestion | None:
-        cursor = cursor_at(Document("file:///reference", "python", 0, text), offset)
-        prompt, healed = self.healed_prompt(cursor.prefix, settings)
-        raw = self.raw_generation(prompt, settings.max_new_tokens, healed)
-        if not raw.startswith(healed):
+    def raw_suggestion(self, prefix: str, settings: Settings) -> str | None:
+        """What the model writes after `prefix` (token healing undone), or None if its first
+        tokens do not spell the healed text."""
+        prompt, healed = self.healed_prompt(prefix, settings)
+        raw = self.raw_generation(prompt, self._new_tokens(settings), healed)
+        return raw[len(healed) :] if raw.startswith(healed) else None
+
+    def _new_tokens(self, settings: Settings) -> int:
+        context = min(settings.context_tokens, self.model.config.max_position_embeddings)
+        return min(settings.max_new_tokens, context // 2)
+
+    def suggestion(self, text: str, offset: int, settings: Settings) -> Expected | None:
+        """The single-line suggestion at `offset`: at the end of its line, or before closers."""
+        line_end = _line_end(text, offset)
+        suffix = text[offset:line_end]
+        if not set(suffix) <= CLOSERS:
+            return None  # mid-line, before code: no suggestion
+        if _multiline(text[:offset], settings.multiline) and not suffix.strip():
+            raise NotImplementedError("multi-line: check with multiline_consistent")
+        raw = self.raw_suggestion(text[:offset], settings)
+        if raw is None:
             return None
-        return postprocess(raw[len(healed) :], cursor, settings.multiline, settings.stop)[0]
+        line = _cut_repeated_run(_first_line(_until_end(raw, settings.stop))).rstrip()
+        if not line.strip():
+            return None
+        whole_line = (text[text.rfind("\n", 0, offset) + 1 : offset] + line).strip()
+        following = [below for below in text[line_end:].split("\n")[1:] if below.strip()]
+        if following and following[0].strip() == whole_line:
+            return None  # the document's next line, repeated
+        closers = iter(line)
+        retyped = suffix.strip() and all(char in closers for char in "".join(suffix.split()))
+        return Expected(line, len(suffix) if retyped or not suffix.strip() else 0)
+
+
+def multiline_consistent(suggestion: str, raw: str) -> bool:
+    """A multi-line suggestion is the raw text's first lines (whitespace at the line ends and the
+    indentation aside), at least one, and stops where the raw text stops or earlier."""
+    lines = [line.strip() for line in suggestion.split("\n")]
+    written = [line.strip() for line in _until_end(raw, ()).split("\n")]
+    return 0 < len(lines) <= len(written) and lines == written[: len(lines)] and bool(lines[0])
+
+
+def _line_end(text: str, offset: int) -> int:
+    ends = [index for index in (text.find("\n", offset), text.find("\r", offset)) if index >= 0]
+    return min(ends, default=len(text))
+
+
+def _multiline(prefix: str, mode: str) -> bool:
+    if mode != "auto":
+        return mode == "always"
+    line = prefix[prefix.rfind("\n") + 1 :]
+    return not line.strip() or (
+        not line.lstrip().startswith("#") and bool(BLOCK_OPENERS.search(line.rstrip()))
+    )
+
+
+def _until_end(raw: str, stops: tuple[str, ...]) -> str:
+    cut = min((index for end in (*ENDS, *stops) if (index := raw.find(end)) >= 0), default=-1)
+    return raw if cut < 0 else raw[:cut]
+
+
+def _first_line(text: str) -> str:
+    return re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+
+
+def _cut_repeated_run(line: str) -> str:
+    """A piece of up to 16 characters that ends in a non-blank and comes 7 or more times in a
+    row is kept once (brute force, from the rule's statement)."""
+    for start in range(len(line)):
+        for size in range(1, 17):
+            piece = line[start : start + size]
+            if len(piece) < size or not piece.strip() or piece[-1].isspace():
+                continue
+            if line[start : start + 7 * size] == piece * 7:
+                return line[: start + size]
+    return line
 
 
 class _Spell(LogitsProcessor):
