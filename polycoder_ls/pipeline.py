@@ -169,10 +169,17 @@ class CompletionPipeline:
     # Completion ------------------------------------------------------------------------------
 
     async def complete(
-        self, uri: str, position: Position, encoding: str, settings: Settings
+        self,
+        uri: str,
+        position: Position,
+        encoding: str,
+        settings: Settings,
+        version: int | None = None,
     ) -> Completion | None:
         """The suggestion at `position`, or None: nothing to suggest, the request was
-        cancelled, or the document changed while the model ran (a stale answer)."""
+        cancelled, or the document changed while the model ran (a stale answer). `version`:
+        the document's version when the request arrived; if it has changed since, the
+        position is of a text that is gone."""
         started = time.perf_counter()
         self.metrics.totals.requests += 1
         document = self.documents.get(uri)
@@ -182,6 +189,9 @@ class CompletionPipeline:
             return None
         job = self.jobs.start(uri, document.version)
         try:
+            if version is not None and version != document.version:
+                log.debug("request for %s v%d arrived before an edit: dropped", uri, version)
+                return None
             if document.language_id in settings.disabled_languages:
                 return None
             offset = document.offset_at(*position, encoding)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, NoReturn
 
+import attrs
 import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
@@ -26,6 +29,7 @@ from pygls.protocol.language_server import lsp_method
 
 from . import __version__
 from .config import Settings, apply_settings
+from .documents import DocumentStore
 from .engine import Engine, LoadEvents
 from .engine_state import EngineStatus, resolve_model, short_model_name
 from .framing import Broken, MessageFramer, Skipped
@@ -37,6 +41,7 @@ from .prompt import window_notice
 log = logging.getLogger(__name__)
 
 CONFIGURATION_SECTION = "polycoder"
+COMPLETION_METHODS = (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION)
 READ_CHUNK_BYTES = 65536
 MESSAGE_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
@@ -61,6 +66,16 @@ class PolycoderProtocol(LanguageServerProtocol):
     InvalidRequest."""
 
     initialize_seen = False
+
+    def __init__(self, server: Any, converter: Any) -> None:
+        super().__init__(server, converter)
+        self.completion_read: contextvars.ContextVar[tuple[str, int | None] | None] = (
+            contextvars.ContextVar("completion_read", default=None)
+        )
+        """While a completion request is handled and answered: its document and the document's
+        version when the request was read. The handler starts, and its answer is sent, on
+        later turns of the event loop, after edits read in the meantime: an answer for a
+        text that has changed since is sent empty."""
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
@@ -91,7 +106,30 @@ class PolycoderProtocol(LanguageServerProtocol):
             code = types.ErrorCodes.InvalidRequest
             self.reply_error(msg_id, code, f"{method} after shutdown")
             return
+        if is_request:
+            self.completion_read.set(self._read_completion(method, message))
         super().handle_message(message)
+
+    def _read_completion(self, method: str | None, message: Any) -> tuple[str, int | None] | None:
+        if method not in COMPLETION_METHODS:
+            return None
+        uri = message.params.text_document.uri
+        return uri, self._documents().version(uri)
+
+    def _documents(self) -> DocumentStore:
+        assert isinstance(self._server, PolycoderLanguageServer)
+        return self._server.pipeline.documents
+
+    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
+        read = self.completion_read.get()
+        if read is not None and not future.cancelled() and future.exception() is None:
+            uri, version = read
+            result = future.result()
+            if self._documents().version(uri) != version and getattr(result, "items", None):
+                log.debug("answer to %r is for a text edited since: sent empty", msg_id)
+                future = concurrent.futures.Future()
+                future.set_result(attrs.evolve(result, items=[]))
+        super()._send_handler_result(future, msg_id=msg_id)
 
     def _user_handler(self, method: str, params: Any) -> Generator[Any, Any, None]:
         if (handler := self.fm.features.get(method)) is not None:

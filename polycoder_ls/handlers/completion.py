@@ -9,7 +9,10 @@ from typing import Any
 from lsprotocol import types
 
 from ..postprocess import Suggestion
-from ..server import PolycoderLanguageServer  # a runtime name: pygls reads handler annotations
+from ..server import (
+    PolycoderLanguageServer,
+    PolycoderProtocol,
+)  # a runtime name: pygls reads handler annotations
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,10 @@ async def _complete(
     ls: PolycoderLanguageServer, uri: str, position: types.Position
 ) -> tuple[Suggestion, types.Range] | None:
     where = (position.line, position.character)
-    completion = await ls.pipeline.complete(uri, where, ls.position_encoding, ls.settings)
+    assert isinstance(ls.protocol, PolycoderProtocol)
+    read = ls.protocol.completion_read.get()
+    version = None if read is None else read[1]
+    completion = await ls.pipeline.complete(uri, where, ls.position_encoding, ls.settings, version)
     if completion is None:
         return None
     start, end = (types.Position(*point) for point in (completion.start, completion.end))

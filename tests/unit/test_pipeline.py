@@ -210,3 +210,11 @@ async def test_a_disabled_language_or_unknown_document_gets_nothing(pipeline, en
 
 async def test_a_change_to_a_document_not_open_is_refused(pipeline):
     assert not pipeline.change(URI, 2, [Change("x")], UTF16)
+
+
+async def test_a_request_read_before_an_edit_it_had_not_seen_runs_no_model(pipeline, engine):
+    pipeline.open(URI, "python", 1, "x = \n")
+    type_text(pipeline, 2, (0, 4), "1")  # read after the request, handled before it started
+    request = pipeline.complete(URI, (0, 4), UTF16, Settings(), version=1)
+    assert await asyncio.wait_for(request, 30) is None  # the fake engine would never answer
+    assert engine.calls == []
