@@ -48,14 +48,19 @@ class BurstResult:
 
 
 @dataclass
-class _Peer:
-    """Writes under a lock; a thread reads every message and notes its arrival."""
+class Peer:
+    """Writes under a lock; a thread reads every message and notes its arrival. Once it runs,
+    `server.request` can no longer be used: this reads all the server sends."""
 
     server: RawServer
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrivals: dict[int, tuple[int, float, dict[str, Any]]] = field(default_factory=dict)
     next_id: int = 100_000
     ended: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Peer:
+        threading.Thread(target=self._read_all, daemon=True).start()
+        return self
 
     def write(self, message: dict[str, Any]) -> None:
         assert self.server.process.stdin is not None
@@ -72,7 +77,7 @@ class _Peer:
     def notify(self, method: str, params: Any) -> None:
         self.write({"method": method, "params": params})
 
-    def read_all(self) -> None:
+    def _read_all(self) -> None:
         count = 0
         try:
             while True:
@@ -92,12 +97,9 @@ def _end_position(text: str) -> dict[str, int]:
     return {"line": len(lines) - 1, "character": len(lines[-1])}
 
 
-def run_burst(server: RawServer, steps: int = 1000, seconds: float = 10.0) -> BurstResult:
-    """`server` is initialized; the burst opens its own document and reads all that the server
-    sends from then on (`server.request` can no longer be used)."""
-    peer = _Peer(server)
-    reader = threading.Thread(target=peer.read_all, daemon=True)
-    reader.start()
+def run_burst(peer: Peer, steps: int = 1000, seconds: float = 10.0) -> BurstResult:
+    """The burst over `peer`'s initialized server, in a document it opens afresh."""
+    server = peer.server
     text = TEXT
     document = {"uri": URI, "languageId": "python", "version": 0, "text": text}
     peer.notify("textDocument/didOpen", {"textDocument": document})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from burst import run_burst
+from burst import Peer, run_burst
 from rpc import RawServer
 
 RSS_GROWTH_LIMIT = 200 * 1024 * 1024
@@ -26,7 +26,7 @@ def ready_server(model) -> RawServer:
 def test_a_burst_of_typing_is_answered_in_full_never_stale(tiny_model):
     server = ready_server(tiny_model)
     try:
-        result = run_burst(server, steps=1000, seconds=10)
+        result = run_burst(Peer(server).start(), steps=1000, seconds=10)
         assert result.requests == 2000
         assert result.unanswered == []
         assert result.stale == []
