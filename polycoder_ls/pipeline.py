@@ -75,8 +75,12 @@ class Jobs:
         return job
 
     def cancel(self, uri: str) -> None:
-        if (job := self._running.pop(uri, None)) is not None:
-            job.cancel.set()
+        if (job := self._running.get(uri)) is not None:
+            self.cancel_job(job)
+
+    def cancel_job(self, job: Job) -> None:
+        job.cancel.set()
+        self.end(job)
 
     def cancel_all(self) -> None:
         for uri in list(self._running):
@@ -222,7 +226,7 @@ class CompletionPipeline:
         try:
             outcome = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # $/cancelRequest
-            job.cancel.set()
+            self.jobs.cancel_job(job)
             self.metrics.record(LastRequest(cancelled=True, latency_ms=_ms_since(started)))
             raise
         self.metrics.record(LastRequest.of_generation(outcome.stats, _ms_since(started)))
