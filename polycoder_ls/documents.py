@@ -19,7 +19,7 @@ from .languages import PLAIN_TEXT, Language, language_of_document
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
 INDENT_SAMPLE_CHARS = 20000
-CHUNK_CHARS = 16384
+PIECE_CHARS = 16384
 
 
 def _units(char: str, encoding: str) -> int:
@@ -49,14 +49,14 @@ def index_to_column(line_text: str, index: int, encoding: str) -> int:
     return sum(_units(char, encoding) for char in prefix)
 
 
-class _Chunks:
-    """The text as pieces of about CHUNK_CHARS, with the line breaks of each: an edit costs
+class _Pieces:
+    """The text as pieces of about PIECE_CHARS, with the line breaks of each: an edit costs
     the pieces it touches plus a pass over the per-piece counts, not the whole text.
 
     Invariant: no piece ends with \r while the next starts with \n (a \r\n is one break)."""
 
     def __init__(self, text: str) -> None:
-        self._pieces = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+        self._pieces = [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)]
         self._pieces = self._pieces or [""]
         self._breaks: list[list[int] | None] = [None] * len(self._pieces)
         self._mend(0, len(self._pieces))
@@ -120,7 +120,7 @@ class _Chunks:
         head = self._pieces[first][: start - self._starts[first]]
         tail = self._pieces[last][end - self._starts[last] :]
         joined = head + text + tail
-        pieces = [joined[i : i + CHUNK_CHARS] for i in range(0, len(joined), CHUNK_CHARS)]
+        pieces = [joined[i : i + PIECE_CHARS] for i in range(0, len(joined), PIECE_CHARS)]
         if not pieces and last - first + 1 == len(self._pieces):
             pieces = [""]  # the whole text deleted
         self._pieces[first : last + 1] = pieces
@@ -153,40 +153,40 @@ class Document:
 
     def __init__(self, uri: str, language_id: str, version: int, text: str) -> None:
         self.uri, self.language_id, self.version = uri, language_id, version
-        self._chunks = _Chunks(text)
+        self._table = _Pieces(text)
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        return len(self._table)
 
     @property
     def text(self) -> str:
         """The whole text (a copy: costs the document's length)."""
-        return self._chunks.slice(0, len(self._chunks))
+        return self._table.slice(0, len(self._table))
 
     def slice(self, start: int, end: int) -> str:
-        return self._chunks.slice(start, end)
+        return self._table.slice(start, end)
 
     def offset_at(self, line: int, column: int, encoding: str) -> int:
         """The string index of an LSP position, clamped into the document."""
         if line < 0:
             return 0
-        if line >= self._chunks.line_count:
+        if line >= self._table.line_count:
             return len(self)
-        start, end = self._chunks.line_start(line), self._chunks.line_end(line)
+        start, end = self._table.line_start(line), self._table.line_end(line)
         return start + _column_to_index(self.slice(start, end), max(column, 0), encoding)
 
     def position_at(self, offset: int, encoding: str) -> tuple[int, int]:
         """The LSP (line, column) of a string index."""
         offset = min(max(offset, 0), len(self))
-        line = self._chunks.line_of(offset)
-        start = self._chunks.line_start(line)
+        line = self._table.line_of(offset)
+        start = self._table.line_start(line)
         return line, index_to_column(self.slice(start, offset), offset - start, encoding)
 
     def line_end_offset(self, offset: int) -> int:
-        return self._chunks.line_end(self._chunks.line_of(offset))
+        return self._table.line_end(self._table.line_of(offset))
 
     def replace(self, start: int, end: int, new_text: str) -> None:
-        self._chunks.replace(start, end, new_text)
+        self._table.replace(start, end, new_text)
 
 
 @dataclass(frozen=True)

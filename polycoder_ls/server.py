@@ -31,6 +31,7 @@ from . import __version__
 from .config import Settings, apply_settings
 from .documents import DocumentStore
 from .engine import Engine, LoadEvents
+from .engine.cpu_kernels import remove_unfinished_builds
 from .engine_state import EngineStatus, resolve_model, short_model_name
 from .framing import Broken, MessageFramer, Skipped
 from .framing import Event as FramingEvent
@@ -259,11 +260,15 @@ class PolycoderLanguageServer(LanguageServer):
         self.pipeline.jobs.cancel_all()
         self.engine.stop()
         end_children()  # a kernel build's compiler
-        from .engine.cpu_kernels import remove_unfinished_builds
-
         remove_unfinished_builds(also_this_process=True)
         logging.shutdown()
         os._exit(code)
+
+    def completion_version(self) -> int | None:
+        """In a completion handler: its document's version when the request was read."""
+        assert isinstance(self.protocol, PolycoderProtocol)
+        read = self.protocol.completion_read.get()
+        return None if read is None else read[1]
 
     def _terminated(self) -> None:
         log.info("terminated (SIGTERM)")

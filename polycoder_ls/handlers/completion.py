@@ -9,10 +9,7 @@ from typing import Any
 from lsprotocol import types
 
 from ..postprocess import Suggestion
-from ..server import (
-    PolycoderLanguageServer,
-    PolycoderProtocol,
-)  # a runtime name: pygls reads handler annotations
+from ..server import PolycoderLanguageServer  # a runtime name: pygls reads handler annotations
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +37,7 @@ async def _complete(
     ls: PolycoderLanguageServer, uri: str, position: types.Position
 ) -> tuple[Suggestion, types.Range] | None:
     where = (position.line, position.character)
-    assert isinstance(ls.protocol, PolycoderProtocol)
-    read = ls.protocol.completion_read.get()
-    version = None if read is None else read[1]
+    version = ls.completion_version()
     completion = await ls.pipeline.complete(uri, where, ls.position_encoding, ls.settings, version)
     if completion is None:
         return None

@@ -66,7 +66,7 @@ def random_position(rng: random.Random, text: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize("piece_chars", [1, 3, 16384])
 def test_random_edit_sequences_match_an_independent_model(monkeypatch, piece_chars):
-    monkeypatch.setattr(documents, "CHUNK_CHARS", piece_chars)
+    monkeypatch.setattr(documents, "PIECE_CHARS", piece_chars)
     rng = random.Random(piece_chars)
     for _ in range(SEQUENCES // 3 + 1):
         text = random_text(rng, 30)
