@@ -114,8 +114,7 @@ class _Pieces:
         length = len(self)
         start = min(max(start, 0), length)
         end = min(max(end, start), length)
-        first = max(bisect.bisect_right(self._starts, start) - 1, 0)
-        first = min(first, len(self._pieces) - 1)
+        first = min(bisect.bisect_right(self._starts, start) - 1, len(self._pieces) - 1)
         last = min(max(bisect.bisect_left(self._starts, end) - 1, first), len(self._pieces) - 1)
         head = self._pieces[first][: start - self._starts[first]]
         tail = self._pieces[last][end - self._starts[last] :]

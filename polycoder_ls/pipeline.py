@@ -188,7 +188,6 @@ class CompletionPipeline:
         self.metrics.totals.requests += 1
         document = self.documents.get(uri)
         if document is None:
-            self.jobs.cancel(uri)
             log.warning("completion requested for a document that is not open: %s", uri)
             return None
         job = self.jobs.start(uri, document.version)
