@@ -18,7 +18,8 @@ MULTILINE_MODES = ("auto", "always", "never")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Settings whose change needs the model to be loaded again.
-RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads")
+RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote")
+URL_PATTERN = re.compile(r"^https?://([^\s/?#:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?(/[^\s?#]*)?$")
 
 
 def _doc(text: str, check: Callable[[Any], Any] | None) -> dict[str, Any]:
@@ -77,6 +78,14 @@ def _number_in(low: float, high: float, low_open: bool = False) -> Callable[[Any
     return check
 
 
+def _optional_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and URL_PATTERN.match(value.strip()):
+        return value.strip().rstrip("/")
+    return _fail("must be an http:// or https:// URL such as http://gpu-box:8000/v1, or null")
+
+
 def _string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
         return tuple(value)
@@ -91,6 +100,37 @@ class CacheSettings:
     ttl_seconds: float = field(
         default=600,
         metadata=_doc("Seconds an entry stays valid.", _number_in(0, 86400, low_open=True)),
+    )
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """A shared vLLM server (OpenAI-compatible API) that generates instead of a local model."""
+
+    url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Base URL of the API, e.g. http://gpu-box:8000/v1; null: generate in-process.",
+            _optional_url,
+        ),
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Sent as `Authorization: Bearer`; null: the environment variable POLYCODER_API_KEY.",
+            _optional_str,
+        ),
+    )
+    served_model: str | None = field(
+        default=None,
+        metadata=_doc("The model name the server serves; null: `model`.", _optional_str),
+    )
+    timeout_seconds: float = field(
+        default=30,
+        metadata=_doc(
+            "Seconds to wait for a connection or for the next bytes of an answer.",
+            _number_in(0, 3600, low_open=True),
+        ),
     )
 
 
@@ -173,6 +213,15 @@ class Settings:
     )
     disabled_languages: tuple[str, ...] = field(
         default=(), metadata=_doc("Language ids that get no completions.", _string_list)
+    )
+    remote: RemoteSettings = field(
+        default_factory=RemoteSettings,
+        metadata=_doc(
+            'A shared vLLM server: {"url", "apiKey", "servedModel", "timeoutSeconds"}. With '
+            "`url` set, only `model`'s tokenizer is loaded here and every completion is "
+            "generated there (README: Team server).",
+            None,
+        ),
     )
 
     def to_wire(self) -> dict[str, Any]:

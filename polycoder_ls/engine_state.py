@@ -4,6 +4,8 @@ a generation's statistics (so `polycoder/status` and the clients' code need no t
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +47,10 @@ class EngineStatus:
     """Settings that could not be honoured, and what was done instead (shown once)."""
     max_positions: int | None = None
     """The serving model's limit of positions (its context window)."""
+    backend: str = "local"
+    """"local" (in-process) or "remote" (a vLLM server generates)."""
+    remote_url: str | None = None
+    served_model: str | None = None
 
     @property
     def label(self) -> str:
@@ -63,14 +69,42 @@ def short_model_name(model: str) -> str:
 @dataclass(frozen=True)
 class GenerationStats:
     prompt_tokens: int = 0
-    reused_tokens: int = 0
+    reused_tokens: int | None = 0
     generated_tokens: int = 0
     cancelled: bool = False
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    first_token_ms: float = 0.0
+    """From the start of the generation to its first token (a remote one: the first token
+    received); the pipeline's latencyMs is the total."""
 
 
 @dataclass(frozen=True)
 class CompletionOutcome:
     suggestion: Suggestion | None
     stats: GenerationStats
+
+
+class CancelSignal(threading.Event):
+    """A request's cancel flag, which can also call back at once when it is set (a remote
+    engine closes its HTTP stream from the callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the flag is set (now, if it already is)."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def set(self) -> None:
+        with self._callbacks_lock:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -17,7 +16,7 @@ from typing import Protocol
 from .cache import CompletionCache
 from .config import Settings
 from .documents import Cursor, DocumentStore, cursor_at
-from .engine_state import CompletionOutcome, EngineStatus
+from .engine_state import CancelSignal, CompletionOutcome, EngineStatus
 from .postprocess import Suggestion
 from .status import LastRequest, Metrics
 
@@ -37,7 +36,7 @@ class CompletionEngine(Protocol):
     def status(self) -> EngineStatus: ...
 
     def complete(
-        self, key: str, cursor: Cursor, settings: Settings, cancel: threading.Event
+        self, key: str, cursor: Cursor, settings: Settings, cancel: CancelSignal
     ) -> Future[CompletionOutcome]:
         """Generate for document `key`; stop early (stats.cancelled) once `cancel` is set."""
         ...
@@ -55,7 +54,7 @@ class Job:
     uri: str
     version: int
     number: int
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelSignal = field(default_factory=CancelSignal)
 
     @property
     def cancelled(self) -> bool:

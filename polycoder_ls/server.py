@@ -31,6 +31,7 @@ from . import __version__
 from .config import Settings, apply_settings
 from .documents import DocumentStore
 from .engine import Engine, LoadEvents
+from .engine.backend import Backend
 from .engine.cpu_kernels import remove_unfinished_builds
 from .engine_state import EngineStatus, resolve_model, short_model_name
 from .framing import Broken, MessageFramer, Skipped
@@ -152,7 +153,7 @@ class PolycoderProtocol(LanguageServerProtocol):
 class PolycoderLanguageServer(LanguageServer):
     """All server state, as typed attributes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Backend) -> None:
         super().__init__(
             name="polycoder-ls",
             version=__version__,
@@ -165,6 +166,7 @@ class PolycoderLanguageServer(LanguageServer):
         self.reported_problems: set[str] = set()
         """The problems of the last settings object, so that each is shown once."""
         self.reported_window: str | None = None
+        self.reported_remote_error = False
         self.shutdown_requested = False
         self.editor_watch: asyncio.Future[None] | None = None
 
@@ -335,7 +337,11 @@ class PolycoderLanguageServer(LanguageServer):
         self.reported_window = notice
 
     def report_model_problem(self, status: EngineStatus) -> None:
-        """One line when the configured model is not the one that serves, and will not be."""
+        """One line when the configured model is not the one that serves, and will not be;
+        for a remote server, when it is lost and when it answers again."""
+        if status.backend == "remote":
+            self.report_remote(status)
+            return
         if status.error is None:
             if status.fallback_from is not None:
                 log.info("serving %s", status.label)
@@ -351,6 +357,16 @@ class PolycoderLanguageServer(LanguageServer):
             f"{status.error}{setting}",
             types.MessageType.Warning,
         )
+
+    def report_remote(self, status: EngineStatus) -> None:
+        if status.state == "error":
+            retry = "; asking again in the background" if status.remote_url else ""
+            self.show_message(f"polycoder-ls: {status.error}{retry}", types.MessageType.Error)
+        elif status.state == "ready" and self.reported_remote_error:
+            self.show_message(
+                f"polycoder-ls: {status.remote_url} answers again", types.MessageType.Info
+            )
+        self.reported_remote_error = status.state == "error"
 
     def work_progress(self, title: str) -> _WorkDoneProgress:
         window = self.client_capabilities.window
@@ -414,6 +430,9 @@ class _BackgroundLoad(LoadEvents):
     def background_load_ended(self, status: EngineStatus) -> None:
         self._loop.call_soon_threadsafe(self._on_ended, status)
 
+    def status_changed(self, status: EngineStatus) -> None:
+        self._loop.call_soon_threadsafe(self._server.report_model_problem, status)
+
     def _on_progress(self, done: int, total: int) -> None:
         self._latest = (done, total)
         if self._progress is None:
@@ -444,8 +463,9 @@ class _BackgroundLoad(LoadEvents):
 
 
 def create_server(engine: Engine | None = None) -> PolycoderLanguageServer:
+    """`engine`: the in-process engine (a remote one is used when the settings ask)."""
     from .handlers import register_handlers
 
-    server = PolycoderLanguageServer(engine or Engine())
+    server = PolycoderLanguageServer(Backend(engine))
     register_handlers(server)
     return server

@@ -13,13 +13,17 @@ from .prompt import effective_window
 @dataclass(frozen=True)
 class LastRequest:
     prompt_tokens: int = 0
-    reused_tokens: int = 0
+    reused_tokens: int | None = 0
+    """Prompt tokens not computed again: the KV cache kept here, or the server's prefix
+    cache (None: a remote server did not say, its stream was closed before its usage)."""
     generated_tokens: int = 0
     latency_ms: float = 0.0
     cache_hit: bool = False
     cancelled: bool = False
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    first_token_ms: float = 0.0
+    """Time to the first generated token; latencyMs is the total."""
 
     @classmethod
     def of_generation(cls, stats: GenerationStats, latency_ms: float) -> LastRequest:
@@ -76,6 +80,7 @@ def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -
     )
     payload: dict[str, Any] = {
         "state": engine.state,
+        "backend": engine.backend,
         "model": engine.model,
         "device": engine.device,
         "dtype": engine.dtype,
@@ -84,6 +89,8 @@ def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -
         "last": _camel(asdict(metrics.last)),
         "totals": _camel(asdict(metrics.totals)),
     }
+    if engine.backend == "remote":
+        payload["remote"] = {"url": engine.remote_url, "servedModel": engine.served_model}
     if engine.error is not None:
         payload["error"] = engine.error
     if engine.fallback_from is not None:

@@ -15,10 +15,8 @@ from concurrent.futures import Future
 from ..config import Settings
 from ..documents import Cursor
 from ..engine_state import CompletionOutcome, EngineStatus, GenerationStats
-from ..postprocess import postprocess
-from ..prompt import build_prompt, effective_window, token_budget
+from .events import LoadEvents
 from .generate import DecodeParams, Generator
-from .healing import HealedPrompt, heal
 from .hub import ByteProgress, download, first_line
 from .loading import (
     LoadedModel,
@@ -28,19 +26,12 @@ from .loading import (
     resolve_model,
     use_threads,
 )
+from .request import model_prompt, plan_completion
 from .worker import InferenceWorker
 
+__all__ = ["Engine", "LoadEvents", "model_prompt"]
+
 log = logging.getLogger(__name__)
-
-
-class LoadEvents:
-    """What happens to a model that loads in the background (called from engine threads)."""
-
-    def download_progress(self, done_bytes: int, total_bytes: int) -> None:
-        pass
-
-    def background_load_ended(self, status: EngineStatus) -> None:
-        """The configured model replaced the fallback (or could not be fetched)."""
 
 
 Downloader = Callable[[str, ByteProgress], str]
@@ -232,32 +223,28 @@ class Engine:
         generator = self._generator
         if cancel.is_set() or generator is None:
             return CompletionOutcome(None, GenerationStats(cancelled=cancel.is_set()))
-        loaded = generator.loaded
-        prompt = model_prompt(cursor.prefix, loaded, settings)
-        if not prompt.token_ids:
+        plan = plan_completion(cursor, generator.loaded, settings)
+        if not plan.prompt.token_ids:
             return CompletionOutcome(None, GenerationStats())
-        healed = len(prompt.removed_text)
-
-        def finished(text: str) -> bool:
-            if len(text) < healed:
-                return False
-            continuation = text[healed:]
-            return postprocess(continuation, cursor, settings.multiline, settings.stop, False)[1]
-
-        window = effective_window(
-            settings.context_tokens, settings.max_new_tokens, loaded.max_positions
-        )
-        params = DecodeParams(window.max_new_tokens, settings.temperature, settings.top_p)
+        params = DecodeParams(plan.max_new_tokens, settings.temperature, settings.top_p)
         cancelled = (lambda: False) if self._naive else cancel.is_set
         text, stats = generator.generate(
-            key, prompt.token_ids, params, finished, cancelled, prompt.removed_text
+            key, plan.prompt.token_ids, params, plan.finished, cancelled, plan.prompt.removed_text
         )
         if stats.cancelled:
             return CompletionOutcome(None, stats)
-        continuation = text[healed:] if text.startswith(prompt.removed_text) else ""
-        return CompletionOutcome(
-            postprocess(continuation, cursor, settings.multiline, settings.stop)[0], stats
-        )
+        return CompletionOutcome(plan.suggestion(text), stats)
+
+    def release(self) -> None:
+        """Free the model (another engine serves now); a later load brings one back."""
+        with self._status_lock:
+            self._load_generation += 1
+            self._status = EngineStatus(state="loading", model="")
+        self._worker.submit(self._drop_model)
+
+    def _drop_model(self) -> None:
+        self._generator = None
+        gc.collect()
 
 
 def _serving(
@@ -275,20 +262,3 @@ def _serving(
         notices=loaded.notices,
         max_positions=loaded.max_positions,
     )
-
-
-def model_prompt(prefix: str, loaded: LoadedModel, settings: Settings) -> HealedPrompt:
-    """The token ids the model continues: BOS where the tokenizer adds one, the left context
-    in the token budget, its last token taken back for healing."""
-    start = [] if loaded.bos_id is None else [loaded.bos_id]
-    budget = token_budget(settings.context_tokens, settings.max_new_tokens, loaded.max_positions)
-    ids = build_prompt(prefix, loaded.tokenize, max(1, budget - len(start))).token_ids
-    healed = HealedPrompt(ids, "")
-    if loaded.token_texts is not None and ids:
-        last_text = loaded.decode_after(ids[:-1], ids[-1:])
-        if prefix.endswith(last_text):
-            healed = heal(ids, last_text, keep_at_least=0 if start else 1)
-    token_ids = start + healed.token_ids
-    if not token_ids and loaded.eos_id is not None:
-        token_ids = [loaded.eos_id]
-    return HealedPrompt(token_ids, healed.removed_text)

@@ -183,13 +183,15 @@ class Generator:
         if self.reuse_kv:
             self._keep_state(key, state)
         ended = time.perf_counter()
+        prefill_ms = (max(prefilled, started) - started) * 1000
         stats = GenerationStats(
             prompt_tokens=len(prompt),
             reused_tokens=reused,
             generated_tokens=len(generated),
             cancelled=was_cancelled,
-            prefill_ms=(max(prefilled, started) - started) * 1000,
+            prefill_ms=prefill_ms,
             decode_ms=(ended - max(prefilled, started)) * 1000 if prefilled > started else 0.0,
+            first_token_ms=prefill_ms if generated else 0.0,
         )
         return ("" if was_cancelled else text), stats
 

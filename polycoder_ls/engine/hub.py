@@ -78,13 +78,16 @@ def unreachable_reason(timeout: float = HUB_PROBE_SECONDS) -> str | None:
     return outcome[0]
 
 
-def _files_to_fetch(repo_files: list[str]) -> list[str]:
-    """Config, tokenizer and weight files: safetensors when there are any, else .bin."""
+def _files_to_fetch(repo_files: list[str], weights: bool = True) -> list[str]:
+    """Config, tokenizer and (`weights`) weight files: safetensors when there are any, else
+    .bin."""
     from fnmatch import fnmatch
 
-    weights = [name for name in repo_files if name.endswith(".safetensors")]
+    weight_files = [name for name in repo_files if name.endswith(".safetensors")]
     if not weights:
-        weights = [
+        weight_files = []
+    elif not weight_files:
+        weight_files = [
             name
             for name in repo_files
             if name.endswith(".bin") and os.path.basename(name) not in SKIPPED_FILES
@@ -94,7 +97,7 @@ def _files_to_fetch(repo_files: list[str]) -> list[str]:
         for name in repo_files
         if any(fnmatch(name, pattern) for pattern in MODEL_FILE_PATTERNS) and "/" not in name
     ]
-    return sorted({*small, *weights})
+    return sorted({*small, *weight_files})
 
 
 class _ProgressBar:
@@ -122,8 +125,9 @@ class _ProgressBar:
         return lambda *args, **kwargs: None  # refresh, close, set_description...
 
 
-def download(repo_id: str, report: ByteProgress) -> str:
-    """Download what `repo_id` needs into the hub cache; return its local directory."""
+def download(repo_id: str, report: ByteProgress, weights: bool = True) -> str:
+    """Download what `repo_id` needs into the hub cache (without its weights when `weights`
+    is False: a remote server holds them); return its local directory."""
     from huggingface_hub import HfApi, snapshot_download
 
     reason = unreachable_reason()
@@ -131,7 +135,7 @@ def download(repo_id: str, report: ByteProgress) -> str:
         raise HubError(f"hub unreachable ({reason})")
     try:
         info = HfApi().model_info(repo_id, timeout=HUB_PROBE_SECONDS * 3)
-        files = _files_to_fetch([sibling.rfilename for sibling in info.siblings or []])
+        files = _files_to_fetch([sibling.rfilename for sibling in info.siblings or []], weights)
         if not files:
             raise HubError(f"'{repo_id}' on the hub has no model files")
         progress = type("_Progress", (_ProgressBar,), {"report": staticmethod(report)})

@@ -183,21 +183,67 @@ def load_model(settings: Settings) -> LoadedModel:
     token_step = None
     if device == "cpu" and dtype == torch.float32 and (kernels := use_cpu_kernels(model)):
         token_step = NeoXTokenStep.for_model(model, kernels)
+    return _loaded(
+        settings.model,
+        source,
+        tokenizer,
+        model.config,
+        model=model,
+        device=device,
+        dtype=dtype,
+        token_step=token_step,
+        notices=() if device_notice is None else (device_notice,),
+    )
+
+
+def load_tokenizer(settings: Settings) -> LoadedModel:
+    """Only the tokenizer and configuration of `settings.model` (a remote server holds the
+    weights): what the prompt, the allowed ids and the decoded text need."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = resolve_model(settings.model)
+    directory = local_directory(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, trust_remote_code=False, local_files_only=True
+        )
+        config = AutoConfig.from_pretrained(
+            directory, trust_remote_code=False, local_files_only=True
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of '{source}': {first_line(str(error))}"
+        ) from error
+    return _loaded(settings.model, source, tokenizer, config, model=None, device="remote")
+
+
+def _loaded(
+    name: str,
+    source: str,
+    tokenizer: Any,
+    config: Any,
+    model: Any,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    token_step: NeoXTokenStep | None = None,
+    notices: tuple[str, ...] = (),
+) -> LoadedModel:
+    vocab_limit = min(len(tokenizer), config.get_text_config().vocab_size)
     return LoadedModel(
-        name=settings.model,
+        name=name,
         source=source,
         tokenizer=tokenizer,
         model=model,
         device=device,
         dtype=dtype,
-        vocab_limit=min(len(tokenizer), model.config.vocab_size),
-        max_positions=_max_positions(model.config),
+        vocab_limit=vocab_limit,
+        max_positions=_max_positions(config),
         eos_id=tokenizer.eos_token_id,
         special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
         token_step=token_step,
-        notices=() if device_notice is None else (device_notice,),
+        notices=notices,
         bos_id=_added_bos(tokenizer),
-        token_texts=_token_texts(tokenizer, min(len(tokenizer), model.config.vocab_size)),
+        token_texts=_token_texts(tokenizer, vocab_limit),
     )
 
 
