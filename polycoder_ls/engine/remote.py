@@ -10,6 +10,7 @@ answers. Nothing here runs on the LSP event loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -373,14 +374,15 @@ class _RemoteRun:
         fields |= {"stop": stop, "stream_options": {"include_usage": True}}
         body = json.dumps(fields)[:-1] + ', "allowed_token_ids": ' + self._connection.allowed_json
         exchange = self._exchange()
-        for event in exchange.events("completions", (body + "}").encode()):
-            self._note_usage(event)
-            for choice in event.get("choices") or ():
-                for token in choice.get("token_ids") or ():
-                    self._take(int(token))
-                    if self._done:
-                        exchange.close()  # the server aborts the rest
-                        return
+        with contextlib.closing(exchange.events("completions", (body + "}").encode())) as events:
+            for event in events:
+                self._note_usage(event)
+                for choice in event.get("choices") or ():
+                    for token in choice.get("token_ids") or ():
+                        self._take(int(token))
+                        if self._done:
+                            exchange.close()  # the server aborts the rest
+                            return
 
     def _note_usage(self, answer: Any) -> None:
         usage = answer.get("usage") if isinstance(answer, dict) else None

@@ -77,17 +77,21 @@ class Exchange:
         return self._closed
 
     def close(self) -> None:
-        """End the exchange now, from any thread: the server sees the connection close."""
+        """End the exchange now, from any thread: the server sees the connection close, and
+        the thread reading the answer gets Closed."""
         with self._lock:
             self._closed = True
             connection = self._connection
-        if connection is None:
-            return
-        sock = connection.sock
+        sock = connection.sock if connection is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        connection.close()
+
+    def _release(self) -> None:
+        """Free the connection (by the thread that reads the answer)."""
+        self._closed = True
+        if self._connection is not None:
+            self._connection.close()
 
     def _send(self, method: str, name: str, body: bytes | None) -> http.client.HTTPResponse:
         connection = self._endpoint.connection()
@@ -99,14 +103,18 @@ class Exchange:
         try:
             connection.request(method, self._endpoint.path(name), body, headers)
             response = connection.getresponse()
+            if response.status >= 400:
+                raise RemoteError(_http_reason(response), response.status)
         except (OSError, http.client.HTTPException) as error:
+            self._release()
             raise self._failure(error) from error
-        if response.status >= 400:
-            raise RemoteError(_http_reason(response), response.status)
+        except RemoteError:
+            self._release()
+            raise
         return response
 
     def _failure(self, error: Exception) -> Exception:
-        if self._closed:
+        if self._closed:  # by close(): the socket was shut down under the reading thread
             return Closed()
         return RemoteError(_transport_reason(error, self._endpoint.timeout_seconds))
 
@@ -122,9 +130,13 @@ class Exchange:
         except (OSError, http.client.HTTPException) as error:
             raise self._failure(error) from error
         except ValueError as error:
-            raise RemoteError(f"the answer is not JSON ({error})") from error
+            raise (
+                self._failure(error)
+                if self._closed
+                else RemoteError(f"the answer is not JSON ({error})")
+            ) from error
         finally:
-            self.close()
+            self._release()
 
     def events(self, name: str, body: bytes) -> Iterator[Any]:
         """POST `body` and yield each server-sent event's JSON data until `[DONE]`."""
@@ -143,9 +155,13 @@ class Exchange:
         except (OSError, http.client.HTTPException) as error:
             raise self._failure(error) from error
         except ValueError as error:
-            raise RemoteError(f"an event is not JSON ({error})") from error
+            raise (
+                self._failure(error)
+                if self._closed
+                else RemoteError(f"an event is not JSON ({error})")
+            ) from error
         finally:
-            self.close()
+            self._release()
 
 
 def _transport_reason(error: Exception, timeout: float) -> str:
