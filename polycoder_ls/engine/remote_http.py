@@ -8,7 +8,7 @@ import http.client
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,7 +138,7 @@ class Exchange:
         finally:
             self._release()
 
-    def events(self, name: str, body: bytes) -> Iterator[Any]:
+    def events(self, name: str, body: bytes) -> Generator[Any, None, None]:
         """POST `body` and yield each server-sent event's JSON data until `[DONE]`."""
         response = self._send("POST", name, body)
         try:
