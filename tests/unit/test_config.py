@@ -17,6 +17,7 @@ DESIGN_DEFAULTS = {
     "stop": [],
     "cache": {"size": 256, "ttlSeconds": 600},
     "disabledLanguages": [],
+    "remote": {"url": None, "apiKey": None, "servedModel": None, "timeoutSeconds": 30},
 }
 
 
