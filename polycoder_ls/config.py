@@ -22,9 +22,7 @@ RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote"
 URL_PATTERN = re.compile(r"^https?://([^\s/?#:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?(/[^\s?#]*)?$")
 
 
-def _doc(
-    text: str, check: Callable[[Any], Any] | None, user_only: bool = False
-) -> dict[str, Any]:
+def _doc(text: str, check: Callable[[Any], Any] | None, user_only: bool = False) -> dict[str, Any]:
     """Field metadata: the README text, the validator (None: a nested settings object), and
     whether only the user may set it (editors ignore it in a workspace's settings)."""
     return {"doc": text, "check": check, "user_only": user_only}
