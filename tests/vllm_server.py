@@ -7,7 +7,6 @@ transformers), on 127.0.0.1, as its own process group, logging to a file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = Path(os.environ.get("POLYCODER_VLLM_PYTHON", ROOT / ".vllm-venv" / "bin" / "python"))
 SERVED_NAME = "polycoder-test"
+API_KEY = "team-secret"
 START_SECONDS = 900.0
 METRIC_LINE = re.compile(r"^([a-zA-Z_:]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
 
@@ -32,10 +32,21 @@ def free_port() -> int:
 
 
 class VllmServer:
-    def __init__(self, model_dir: Path, log_path: Path, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        log_path: Path,
+        api_key: str | None = None,
+        kv_cache_bytes: int = 256 * 1024 * 1024,
+        batched_tokens: int = 256,
+    ) -> None:
+        """`batched_tokens`: a prefill step's tokens (the tests keep them few, so an abort
+        lands between steps within a fraction of a second)."""
         self.model_dir = model_dir
         self.log_path = log_path
         self.api_key = api_key
+        self.kv_cache_bytes = kv_cache_bytes
+        self.batched_tokens = batched_tokens
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,9 +66,8 @@ class VllmServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", "--max-model-len", "2048",
             "--enable-prefix-caching", "--enforce-eager",
-            "--kv-cache-memory-bytes", str(256 * 1024 * 1024),
-            # Short prefill steps: an abort lands between them, within a fraction of a second.
-            "--max-num-batched-tokens", "256",
+            "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
+            "--max-num-batched-tokens", str(self.batched_tokens),
             "--enable-log-requests", "--enable-prompt-tokens-details",
             "--distributed-executor-backend", "uni",
         ]  # fmt: skip
@@ -128,15 +138,6 @@ class VllmServer:
         ]
         assert values, f"no metric {name}"
         return sum(values)
-
-    def complete(self, prompt: list[int], max_tokens: int) -> dict:
-        """A direct request, for what the server itself says."""
-        body = json.dumps({"model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens})
-        request = urllib.request.Request(
-            f"{self.url}/completions", body.encode(), {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return json.loads(answer.read())
 
     def aborted_requests(self) -> int:
         """Requests the server aborted (a client closed the stream), from its log."""

@@ -73,6 +73,9 @@ class _Connection:
         self.ended = threading.Event()
         """Set when a newer load, a switch to the local engine or shutdown supersedes it."""
         self.retrying = False
+        self.failures = 0
+        """Losses since a completion last succeeded: a server that answers its model list but
+        fails every completion is asked less and less often."""
 
 
 class RemoteEngine:
@@ -229,7 +232,8 @@ class RemoteEngine:
         ).start()
 
     def _retry(self, connection: _Connection) -> None:
-        attempt = 0
+        attempt = min(connection.failures, len(RETRY_DELAYS_SECONDS) - 1)
+        connection.failures += 1
         while not connection.ended.wait(RETRY_DELAYS_SECONDS[attempt]):
             attempt = min(attempt + 1, len(RETRY_DELAYS_SECONDS) - 1)
             try:
@@ -270,6 +274,7 @@ class RemoteEngine:
             else:
                 log.warning("remote %s refused a request: %s", connection.endpoint.url, error)
             return CompletionOutcome(None, run.stats(cancelled=False))
+        connection.failures = 0
         return CompletionOutcome(plan.suggestion(text), run.stats(cancelled=False))
 
 

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_lsp
+from fault_proxy import FaultProxy
 from lsprotocol import types
+from model_factory import build_model
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 from reference import ReferenceModel
+from vllm_server import API_KEY, VLLM_PYTHON, VllmServer
 
 SERVER = [sys.executable, "-m", "polycoder_ls", "--stdio", "-v"]
 EDITORS = {"vscode": "visual-studio-code", "neovim": "neovim@v0.11.0"}
@@ -135,3 +138,35 @@ def editor(lsp: LanguageClient) -> Editor:
 @pytest.fixture(scope="session")
 def reference(tiny_model: Path) -> ReferenceModel:
     return ReferenceModel(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def remote_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vLLM's CPU attention needs a head size of 32 or more: hidden 256 over 8 heads."""
+    return build_model(tmp_path_factory.mktemp("remote-model"), hidden=256, heads=8, layers=4)
+
+
+@pytest.fixture(scope="session")
+def remote_reference(remote_model: Path) -> ReferenceModel:
+    return ReferenceModel(remote_model)
+
+
+@pytest.fixture(scope="session")
+def vllm(remote_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM server (CPU), shared by the remote tests; it asks for an API key."""
+    assert VLLM_PYTHON.exists(), f"no vLLM at {VLLM_PYTHON}: `make vllm-venv` installs it"
+    server = VllmServer(remote_model, tmp_path_factory.mktemp("vllm") / "vllm.log", API_KEY)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(vllm: VllmServer):
+    """The vLLM server behind a proxy that can fail on demand."""
+    faults = FaultProxy(vllm.port)
+    yield faults
+    faults.close()

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_proxy import FaultProxy
 from lsprotocol import types
-from model_factory import build_model
-from reference import ReferenceModel
 from test_robustness import comes_true, message_shown
-from vllm_server import SERVED_NAME, VLLM_PYTHON, VllmServer
+from vllm_server import API_KEY, SERVED_NAME, VllmServer
 
 from polycoder_ls.config import Settings, apply_settings
 
@@ -22,31 +21,8 @@ SOURCE = (Path(__file__).resolve().parents[2] / "polycoder_ls" / "prompt.py").re
 RUNNING = "vllm:num_requests_running"
 
 
-@pytest.fixture(scope="session")
-def remote_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """vLLM's CPU attention needs a head size of 32 or more: hidden 256 over 8 heads."""
-    return build_model(tmp_path_factory.mktemp("remote-model"), hidden=256, heads=8, layers=4)
-
-
-@pytest.fixture(scope="session")
-def remote_reference(remote_model: Path) -> ReferenceModel:
-    return ReferenceModel(remote_model)
-
-
-@pytest.fixture(scope="session")
-def vllm(remote_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    assert VLLM_PYTHON.exists(), f"no vLLM at {VLLM_PYTHON}: `make vllm-venv` installs it"
-    server = VllmServer(remote_model, tmp_path_factory.mktemp("vllm") / "vllm.log")
-    server.start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-def remote_settings(model: Path, server: VllmServer, **extra) -> dict:
-    remote = {"url": server.url, "servedModel": SERVED_NAME}
+def remote_settings(model: Path, server: VllmServer | FaultProxy, **extra) -> dict:
+    remote = {"url": server.url, "servedModel": SERVED_NAME, "apiKey": API_KEY}
     return {"model": str(model), "remote": remote, "cache": {"size": 0}, **extra}
 
 
@@ -209,6 +185,67 @@ async def test_bad_remote_settings_are_reported_and_nothing_breaks(editor, remot
         lambda status: status["state"] == "error" and SERVED_NAME in status["error"]
     )
     editor.configure(remote_settings(remote_model, vllm))
+    assert (await editor.wait_for_state("ready"))["backend"] == "remote"
+
+
+async def test_a_refused_api_key_is_named(editor, remote_model, vllm):
+    wire = remote_settings(remote_model, vllm)
+    wire["remote"]["apiKey"] = "not-the-key"
+    await editor.start(wire, wait_ready=False)
+    status = await editor.wait_for_state("error")
+    assert "HTTP 401" in status["error"] and "remote.apiKey" in status["error"]
+    assert await message_shown(editor, types.MessageType.Error, "remote.apiKey", vllm.url)
+    editor.configure(remote_settings(remote_model, vllm))
+    assert (await editor.wait_for_state("ready"))["backend"] == "remote"
+
+
+FAULTS = {
+    "http503": "HTTP 503: upstream is restarting",
+    "reset_streams": "the connection was reset",
+    "silent": "no answer within 2 s (remote.timeoutSeconds)",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_a_failing_server_is_reported_once_and_served_again(
+    editor, remote_model, remote_reference, proxy, fault
+):
+    wire = remote_settings(remote_model, proxy, multiline="never")
+    wire["remote"]["timeoutSeconds"] = 2
+    settings, _ = apply_settings(Settings(), wire)
+    await editor.start(wire)
+    editor.open(URI, SOURCE)
+    cursors = [
+        offset
+        for offset in line_ends(SOURCE, 12)
+        if remote_reference.suggestion(SOURCE, offset, settings) is not None
+    ]
+    expected = [remote_reference.suggestion(SOURCE, cursors[0], settings).text]
+    assert await editor.texts(URI, *position(SOURCE, cursors[0])) == expected
+    proxy.mode = fault
+    pending = editor.inline_request(URI, *position(SOURCE, cursors[1]))
+    if fault == "silent":  # the server answers while the request waits on the network
+        assert (await editor.status())["state"] == "ready" and not pending.done()
+    result = await pending
+    assert result is None or list(result.items) == []
+    status = await editor.wait_for_state("error")
+    assert status["error"] == f"{proxy.url}: {FAULTS[fault]}"
+    assert await message_shown(editor, types.MessageType.Error, proxy.url, FAULTS[fault])
+    assert await editor.texts(URI, *position(SOURCE, cursors[2])) == []  # not asked while down
+    proxy.mode = "pass"
+    await editor.wait_for_state("ready")
+    assert await message_shown(editor, types.MessageType.Info, proxy.url, "answers again")
+    errors = [m for m in editor.client.messages if m.type == types.MessageType.Error]
+    assert len(errors) == 1, errors
+    assert await editor.texts(URI, *position(SOURCE, cursors[0])) == expected
+
+
+async def test_a_server_down_at_start_is_served_once_it_answers(editor, remote_model, proxy):
+    proxy.mode = "http503"
+    await editor.start(remote_settings(remote_model, proxy), wait_ready=False)
+    status = await editor.wait_for_state("error")
+    assert status["error"] == f"{proxy.url}: {FAULTS['http503']}"
+    proxy.mode = "pass"
     assert (await editor.wait_for_state("ready"))["backend"] == "remote"
 
 
