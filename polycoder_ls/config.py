@@ -220,8 +220,8 @@ class Settings:
         metadata=_doc(
             'A shared vLLM server: {"url", "apiKey", "servedModel", "timeoutSeconds"}. With '
             "`url` set, only `model`'s tokenizer is loaded here and every completion is "
-            "generated there (README: Team server). User settings only: a workspace cannot "
-            "send your code elsewhere.",
+            "generated there (README: Team server). VS Code reads it from user settings only: "
+            "a workspace cannot send your code elsewhere.",
             None,
             user_only=True,
         ),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .postprocess import Suggestion
@@ -54,7 +55,10 @@ class EngineStatus:
 
     @property
     def label(self) -> str:
-        """What a status bar shows: "nano (fallback for PolyCoder-160M: <reason>)"."""
+        """What a status bar shows: "nano (fallback for PolyCoder-160M: <reason>)", or for a
+        remote server "polycoder-2.7b @ gpu-box:8000"."""
+        if self.backend == "remote" and self.remote_url and self.served_model:
+            return f"{short_model_name(self.served_model)} @ {urlsplit(self.remote_url).netloc}"
         name = short_model_name(self.model)
         if self.fallback_from is None:
             return name

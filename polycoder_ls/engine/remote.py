@@ -136,6 +136,8 @@ class RemoteEngine:
         return EngineStatus(
             state,
             resolve_model(settings.model),
+            device="remote",
+            dtype="server",
             backend="remote",
             remote_url=settings.remote.url,
             served_model=settings.remote.served_model or settings.model,

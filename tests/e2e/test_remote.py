@@ -47,6 +47,8 @@ async def test_remote_suggestions_equal_a_local_greedy_generation(
     status = await editor.status()
     assert status["backend"] == "remote"
     assert status["remote"] == {"url": vllm.url, "servedModel": SERVED_NAME}
+    assert status["label"] == f"{SERVED_NAME} @ 127.0.0.1:{vllm.port}"
+    assert status["device"] == "remote"
     text = SOURCE
     editor.open(URI, text)
     suggested = 0
@@ -165,6 +167,24 @@ async def test_a_cancelled_generation_is_aborted_on_the_server(editor, remote_mo
     assert await comes_true(lambda: vllm.aborted_requests() > aborted)
     status = await editor.status()
     assert status["last"]["cancelled"] is True
+
+
+async def test_a_finished_suggestion_closes_the_stream(editor, remote_model, vllm):
+    """The server cannot see a block's end: the stream is closed when the suggestion is
+    complete, so it stops generating (not at maxNewTokens)."""
+    limit = 400
+    await editor.start(remote_settings(remote_model, vllm, multiline="always", maxNewTokens=limit))
+    editor.open(URI, SOURCE)
+    aborted_before = vllm.aborted_requests()
+    for offset in line_ends(SOURCE, 8):
+        generated = vllm.metric("vllm:generation_tokens_total")
+        await editor.inline(URI, *position(SOURCE, offset))
+        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 10.0)
+        ours = (await editor.status())["last"]["generatedTokens"]
+        theirs = vllm.metric("vllm:generation_tokens_total") - generated
+        # A few tokens are made while the closed connection is noticed; not the rest.
+        assert theirs <= ours + 64 < limit, f"at offset {offset}: {theirs} for our {ours}"
+    assert vllm.aborted_requests() > aborted_before, "no suggestion ended before the server did"
 
 
 async def test_bad_remote_settings_are_reported_and_nothing_breaks(editor, remote_model, vllm):
