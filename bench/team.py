@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 from typing_replay import (
     SHAPES,
@@ -34,6 +33,8 @@ from typing_replay import (
     model_facts,
     replay_file,
     source_files,
+    start_server,
+    stop_server,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,28 +74,6 @@ def process_tree_rss_mib(pid: int) -> float:
     return round(total_kib / 1024, 1)
 
 
-async def start_editor(settings: dict[str, Any]) -> LanguageClient:
-    client = LanguageClient("team-bench", "1")
-    await client.start_io(sys.executable, "-m", "polycoder_ls", "--stdio")
-    await client.initialize_async(
-        types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            initialization_options=settings,
-            process_id=os.getpid(),
-        )
-    )
-    client.initialized(types.InitializedParams())
-    while (await client.protocol.send_request_async("polycoder/status", {})).state != "ready":
-        await asyncio.sleep(0.2)
-    return client
-
-
-async def stop_editor(client: LanguageClient) -> None:
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
-
-
 async def type_as_editor(
     client: LanguageClient, number: int, args: argparse.Namespace
 ) -> tuple[Replay, float]:
@@ -111,14 +90,22 @@ async def type_as_editor(
 async def run_team(
     count: int, settings: dict[str, Any], args: argparse.Namespace, vllm: VllmServer | None
 ) -> dict[str, Any]:
-    editors = [await start_editor(settings) for _ in range(count)]
+    logs = Path(tempfile.mkdtemp(prefix=f"team-{count}-"))
+    print(f"  editors' logs: {logs}", file=sys.stderr)
+    editors = [
+        await start_server(settings, "-v", "--log-file", str(logs / f"editor-{number}.log"))
+        for number in range(count)
+    ]
+    for client in editors:
+        status = await client.protocol.send_request_async("polycoder/status", {})
+        assert status.state == "ready", f"an editor's server is {status.state}: {status.error}"
     before = {name: vllm.metric(name) for name in VLLM_COUNTERS} if vllm else {}
     started = time.perf_counter()
     typed = await asyncio.gather(*(type_as_editor(c, n, args) for n, c in enumerate(editors)))
     wall_s = time.perf_counter() - started
     server_rss = vllm_rss = process_tree_rss_mib(vllm.process.pid) if vllm and vllm.process else 0
     for client in editors:
-        await stop_editor(client)
+        await stop_server(client)
     latencies = [ms for replay, _ in typed for ms in replay.pause_latencies_ms]
     lasts = [last for replay, _ in typed for last in replay.server_lasts]
     runs = [last for last in lasts if not last["cacheHit"] and not last["cancelled"]]
@@ -133,6 +120,14 @@ async def run_team(
         },
         "firstTokenMs": {"p50": _percentile([r["firstTokenMs"] for r in runs], 0.5)},
         "requests": sum(replay.requests for replay, _ in typed),
+        "requestsPerEditorSecond": round(
+            sum(replay.requests for replay, _ in typed) / (wall_s * count), 2
+        ),
+        # The share of the time an editor has a request at the server: the load each
+        # developer adds while typing.
+        "inFlightShare": round(
+            sum(sum(replay.request_seconds) for replay, _ in typed) / (wall_s * count), 3
+        ),
         "cancelsSent": sum(replay.cancels_sent for replay, _ in typed),
         "memoryMiB": round(sum(rss for _, rss in typed) + server_rss, 1),
     }

@@ -73,6 +73,8 @@ class Replay:
     server_lasts: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
     cancels_sent: int = 0
+    request_seconds: list[float] = field(default_factory=list)
+    """Each request's life at the server: sent to answered (a suggestion, or cancelled)."""
 
 
 class Typist:
@@ -135,6 +137,10 @@ class Typist:
         )
         self.replay.requests += 1
         self.pending = (msg_id, future)
+        sent_at = time.perf_counter()
+        future.add_done_callback(
+            lambda done: self.replay.request_seconds.append(time.perf_counter() - sent_at)
+        )
         future.add_done_callback(
             lambda done: asyncio.ensure_future(self.answered(done, keystroke_at, measure))
         )
@@ -199,13 +205,15 @@ async def replay_file(
     )
 
 
-async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict[str, Any]:
+async def start_server(settings: dict[str, Any], *flags: str) -> LanguageClient:
+    """A polycoder-ls over stdio, initialised with `settings`, once its model has loaded."""
     client = LanguageClient("typing-replay", "1")
-    command = [sys.executable, "-m", "polycoder_ls", "--stdio"] + (["--naive"] if naive else [])
-    await client.start_io(*command)
-    settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
-    if naive:
-        settings["cache"] = {"size": 0}
+
+    @client.feature(types.WINDOW_SHOW_MESSAGE)
+    def show_message(params: types.ShowMessageParams) -> None:
+        print(f"  server says: {params.message}", file=sys.stderr)
+
+    await client.start_io(sys.executable, "-m", "polycoder_ls", "--stdio", *flags)
     await client.initialize_async(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
@@ -216,15 +224,27 @@ async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict
     client.initialized(types.InitializedParams())
     while (await client.protocol.send_request_async("polycoder/status", {})).state == "loading":
         await asyncio.sleep(0.2)
+    return client
+
+
+async def stop_server(client: LanguageClient) -> None:
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+
+
+async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict[str, Any]:
+    settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
+    if naive:
+        settings["cache"] = {"size": 0}
+    client = await start_server(settings, *(["--naive"] if naive else []))
     replay, rng = Replay(pause_s=args.line_end_pause), random.Random(args.seed)
     for language, path in source_files()[: args.files]:
         print(f"  {'naive' if naive else 'polycoder-ls'}: typing {path}", file=sys.stderr)
         await replay_file(client, path, language, replay, rng, args.context_lines, args.typed_lines)
     status = await client.protocol.send_request_async("polycoder/status", {})
     peak_kib = _peak_memory_kib(client)
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    await stop_server(client)
     return summarise(replay, status, peak_kib)
 
 

@@ -10,13 +10,9 @@ answers. Nothing here runs on the LSP event loop.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,15 +27,14 @@ from ..engine_state import (
     resolve_model,
 )
 from .events import LoadEvents
-from .healing import pending_text
 from .hub import first_line
 from .loading import LoadedModel, ModelLoadError, NotDownloaded, load_tokenizer
-from .remote_http import Closed, Endpoint, Exchange, RemoteError
-from .request import CompletionPlan, plan_completion
+from .remote_http import Closed, Exchange, RemoteError
+from .remote_run import API_KEY_VARIABLE, Connection, RemoteRun
+from .request import plan_completion
 
 log = logging.getLogger(__name__)
 
-API_KEY_VARIABLE = "POLYCODER_API_KEY"
 RETRY_DELAYS_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 REMOTE_THREADS = 8
 
@@ -51,31 +46,6 @@ def _download_tokenizer(source: str) -> object:
     from .hub import download
 
     return download(source, lambda done, total: None, weights=False)
-
-
-class _Connection:
-    """What one load set up: where to send, what to ask for, and the tokenizer."""
-
-    def __init__(self, settings: Settings, vocabulary: LoadedModel, generation: int) -> None:
-        remote = settings.remote
-        assert remote.url is not None
-        self.endpoint = Endpoint(
-            remote.url,
-            remote.api_key or os.environ.get(API_KEY_VARIABLE) or None,
-            remote.timeout_seconds,
-        )
-        self.served_model = remote.served_model or settings.model
-        self.vocabulary = vocabulary
-        self.generation = generation
-        self.allowed_json = json.dumps(list(range(vocabulary.vocab_limit)))
-        """Every id the tokenizer has: the model's extra (untrained) rows are never emitted."""
-        self.stop_token_ids = sorted(vocabulary.special_ids)
-        self.ended = threading.Event()
-        """Set when a newer load, a switch to the local engine or shutdown supersedes it."""
-        self.retrying = False
-        self.failures = 0
-        """Losses since a completion last succeeded: a server that answers its model list but
-        fails every completion is asked less and less often."""
 
 
 class RemoteEngine:
@@ -93,7 +63,7 @@ class RemoteEngine:
         self._tokenizer_lock = threading.Lock()
         """Hugging Face tokenizers must not be used by two threads at once."""
         self._generation = 0
-        self._connection: _Connection | None = None
+        self._connection: Connection | None = None
         self._events = LoadEvents()
         self._status = EngineStatus(state="loading", model="", backend="remote")
 
@@ -160,7 +130,7 @@ class RemoteEngine:
             status = self._remote_status(settings, "error", error=reason)
             self._publish(generation, status)
             return status
-        connection = _Connection(settings, vocabulary, generation)
+        connection = Connection(settings, vocabulary, generation)
         with self._lock:
             if generation != self._generation:
                 return self._status
@@ -174,7 +144,7 @@ class RemoteEngine:
             self._downloader(resolve_model(settings.model))  # tokenizer and config files only
             return self._tokenizer_loader(settings)
 
-    def _connect(self, connection: _Connection, announce: bool) -> EngineStatus:
+    def _connect(self, connection: Connection, announce: bool) -> EngineStatus:
         """Ask the server for its models: "ready", or "error" and retries in the background."""
         try:
             limit = self._served_model_limit(connection)
@@ -195,7 +165,7 @@ class RemoteEngine:
                 self._events.status_changed(status)
         return status
 
-    def _served_model_limit(self, connection: _Connection) -> int | None:
+    def _served_model_limit(self, connection: Connection) -> int | None:
         """The server's context limit for the served model; RemoteError if it lacks it."""
         answer = Exchange(connection.endpoint).get_json("models")
         entries = answer.get("data") if isinstance(answer, dict) else None
@@ -208,7 +178,7 @@ class RemoteEngine:
         limit = models[connection.served_model].get("max_model_len")
         return limit if isinstance(limit, int) and limit > 0 else None
 
-    def _lost(self, connection: _Connection, error: RemoteError, announce: bool) -> EngineStatus:
+    def _lost(self, connection: Connection, error: RemoteError, announce: bool) -> EngineStatus:
         """Go to "error" (said once, when `announce`), and ask again with backoff."""
         reason = error.reason
         if error.refused_key:
@@ -224,7 +194,7 @@ class RemoteEngine:
             self._retry_in_background(connection)
         return status
 
-    def _retry_in_background(self, connection: _Connection) -> None:
+    def _retry_in_background(self, connection: Connection) -> None:
         with self._lock:
             if connection.retrying or connection.ended.is_set():
                 return
@@ -233,7 +203,7 @@ class RemoteEngine:
             target=self._retry, args=(connection,), name="polycoder-remote-retry", daemon=True
         ).start()
 
-    def _retry(self, connection: _Connection) -> None:
+    def _retry(self, connection: Connection) -> None:
         attempt = min(connection.failures, len(RETRY_DELAYS_SECONDS) - 1)
         connection.failures += 1
         while not connection.ended.wait(RETRY_DELAYS_SECONDS[attempt]):
@@ -263,7 +233,7 @@ class RemoteEngine:
             return CompletionOutcome(None, GenerationStats(cancelled=cancel.is_set()))
         with self._tokenizer_lock:
             plan = plan_completion(cursor, connection.vocabulary, settings)
-        run = _RemoteRun(connection, plan, cancel, self._tokenizer_lock)
+        run = RemoteRun(connection, plan, cancel, self._tokenizer_lock)
         try:
             text = run.generate()
         except Closed:
@@ -278,122 +248,3 @@ class RemoteEngine:
             return CompletionOutcome(None, run.stats(cancelled=False))
         connection.failures = 0
         return CompletionOutcome(plan.suggestion(text), run.stats(cancelled=False))
-
-
-class _RemoteRun:
-    """One completion's requests: constrained single tokens while token healing spells the
-    text taken back from the prompt, then one stream for the rest, closed once finished."""
-
-    def __init__(
-        self,
-        connection: _Connection,
-        plan: CompletionPlan,
-        cancel: CancelSignal,
-        tokenizer_lock: threading.Lock,
-    ) -> None:
-        self._connection = connection
-        self._plan = plan
-        self._cancel = cancel
-        self._tokenizer_lock = tokenizer_lock
-        self._vocabulary = connection.vocabulary
-        self._text_of = connection.vocabulary.text_after(plan.prompt.token_ids)
-        self.generated: list[int] = []
-        self.text = ""
-        self.cached_tokens: int | None = None
-        self._started = time.perf_counter()
-        self._first_token_at: float | None = None
-        self._done = False
-
-    def stats(self, cancelled: bool) -> GenerationStats:
-        ended = time.perf_counter()
-        first = self._first_token_at or ended
-        return GenerationStats(
-            prompt_tokens=len(self._plan.prompt.token_ids),
-            reused_tokens=self.cached_tokens,
-            generated_tokens=len(self.generated),
-            cancelled=cancelled,
-            prefill_ms=(first - self._started) * 1000,
-            decode_ms=(ended - first) * 1000,
-            first_token_ms=(first - self._started) * 1000 if self._first_token_at else 0.0,
-        )
-
-    def generate(self) -> str:
-        """The generated text (raises Closed when cancelled, RemoteError when it fails)."""
-        while not self._done and (allowed := self._healing_choices()):
-            self._take(self._one_token(allowed))
-        if not self._done:
-            self._stream()
-        return self.text
-
-    def _healing_choices(self) -> list[int]:
-        pending = pending_text(self._plan.prompt.removed_text, self.text)
-        texts, limit = self._vocabulary.token_texts, self._vocabulary.vocab_limit
-        if not pending or texts is None:
-            return []
-        return [token for token in texts.allowed(pending) if token < limit]
-
-    def _take(self, token: int | None) -> None:
-        """Add a generated token; `_done` once the suggestion can no longer change."""
-        if token is None or token in self._vocabulary.special_ids:
-            self._done = True
-            return
-        if self._first_token_at is None:
-            self._first_token_at = time.perf_counter()
-        self.generated.append(token)
-        with self._tokenizer_lock:
-            self.text = self._text_of(self.generated)
-        self._done = self._plan.finished(self.text) or (
-            len(self.generated) >= self._plan.max_new_tokens
-        )
-
-    def _exchange(self) -> Exchange:
-        exchange = Exchange(self._connection.endpoint)
-        self._cancel.on_set(exchange.close)
-        return exchange
-
-    def _fields(self, max_tokens: int, stream: bool) -> dict[str, Any]:
-        settings = self._plan.settings
-        return {
-            "model": self._connection.served_model,
-            "prompt": self._plan.prompt.token_ids + self.generated,
-            "max_tokens": max_tokens,
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "stop_token_ids": self._connection.stop_token_ids,
-            "return_token_ids": True,
-            "stream": stream,
-        }
-
-    def _one_token(self, allowed: list[int]) -> int | None:
-        fields = self._fields(1, stream=False) | {"allowed_token_ids": allowed}
-        answer = self._exchange().post_json("completions", json.dumps(fields).encode())
-        self._note_usage(answer)
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        tokens = choices[0].get("token_ids") if choices else None
-        return int(tokens[0]) if tokens else None
-
-    def _stream(self) -> None:
-        settings = self._plan.settings
-        stop = list(settings.stop)
-        if not self._plan.multiline and not self._healing_choices():
-            stop.append("\n")  # a one-line suggestion ends there: the server stops by itself
-        fields = self._fields(self._plan.max_new_tokens - len(self.generated), stream=True)
-        fields |= {"stop": stop, "stream_options": {"include_usage": True}}
-        body = json.dumps(fields)[:-1] + ', "allowed_token_ids": ' + self._connection.allowed_json
-        exchange = self._exchange()
-        with contextlib.closing(exchange.events("completions", (body + "}").encode())) as events:
-            for event in events:
-                self._note_usage(event)
-                for choice in event.get("choices") or ():
-                    for token in choice.get("token_ids") or ():
-                        self._take(int(token))
-                        if self._done:
-                            exchange.close()  # the server aborts the rest
-                            return
-
-    def _note_usage(self, answer: Any) -> None:
-        usage = answer.get("usage") if isinstance(answer, dict) else None
-        details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        if isinstance(cached, int):
-            self.cached_tokens = cached
