@@ -192,15 +192,16 @@ async def test_bad_remote_settings_are_reported_and_nothing_breaks(editor, remot
     assert await message_shown(editor, types.MessageType.Warning, "remote.url", "gpu-box:8000")
     status = await editor.status()
     assert status["backend"] == "local" and status["state"] == "ready"
-    editor.configure(
-        {"model": str(remote_model), "remote": {"url": vllm.url, "servedModel": "no-such-model"}}
-    )
+    wire = remote_settings(remote_model, vllm)
+    wire["remote"]["servedModel"] = "no-such-model"
+    editor.configure(wire)
     assert await message_shown(editor, types.MessageType.Error, "no-such-model", "servedModel")
     status = await editor.wait_for_state("error")
     assert status["backend"] == "remote" and vllm.url in status["error"]
     editor.open(URI, SOURCE)
     assert await editor.inline(URI, *position(SOURCE, line_ends(SOURCE, 2)[0])) == []
-    editor.configure({"model": str(remote_model), "remote": {"url": vllm.url, "servedModel": None}})
+    wire["remote"]["servedModel"] = None
+    editor.configure(wire)
     await editor.wait_for_status(
         lambda status: status["state"] == "error" and SERVED_NAME in status["error"]
     )
