@@ -123,7 +123,7 @@ async def _wait_metric(server: VllmServer, name: str, condition, seconds: float)
     return True
 
 
-@pytest.mark.parametrize("how", ["edit", "cancelRequest"])
+@pytest.mark.parametrize("how", ["edit", "cancelRequest", "newer"])
 async def test_a_cancelled_generation_is_aborted_on_the_server(editor, remote_model, vllm, how):
     await editor.start(remote_settings(remote_model, vllm, multiline="always", maxNewTokens=1000))
     uri, text = await _long_generation(editor)
@@ -151,6 +151,15 @@ async def test_a_cancelled_generation_is_aborted_on_the_server(editor, remote_mo
         )
 
     assert await comes_true(decoding), "the generation ended before it could be cancelled"
+    if how == "newer":  # the same cursor asked again: the first stream closes, a new one runs
+        newer = editor.inline_request(uri, *position(text, len(text)))
+        assert await comes_true(lambda: vllm.aborted_requests() > aborted, 1.0)
+        result = await asyncio.wait_for(pending, 30)
+        assert result is None or list(result.items) == []
+        editor.edit(uri, (0, 0), (0, 0), "# edited\n")  # and the newer one is stopped too
+        await newer
+        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 1.0)
+        return
     if how == "edit":
         editor.edit(uri, (0, 0), (0, 0), "# edited\n")
     else:
