@@ -188,7 +188,7 @@ async def test_a_finished_suggestion_closes_the_stream(editor, remote_model, vll
     for offset in line_ends(SOURCE, 8):
         generated = vllm.metric("vllm:generation_tokens_total")
         await editor.inline(URI, *position(SOURCE, offset))
-        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 10.0)
+        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 60.0)
         ours = (await editor.status())["last"]["generatedTokens"]
         theirs = vllm.metric("vllm:generation_tokens_total") - generated
         # Some tokens are made while the server notices the closed connection (more on a
