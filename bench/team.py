@@ -25,12 +25,12 @@ from typing import Any
 
 from pygls.lsp.client import LanguageClient
 from typing_replay import (
-    SHAPES,
     Replay,
     _percentile,
     build,
     machine,
     model_facts,
+    replay_arguments,
     replay_file,
     source_files,
     start_server,
@@ -103,12 +103,13 @@ async def run_team(
     started = time.perf_counter()
     typed = await asyncio.gather(*(type_as_editor(c, n, args) for n, c in enumerate(editors)))
     wall_s = time.perf_counter() - started
-    server_rss = vllm_rss = process_tree_rss_mib(vllm.process.pid) if vllm and vllm.process else 0
+    server_rss = process_tree_rss_mib(vllm.process.pid) if vllm and vllm.process else 0.0
     for client in editors:
         await stop_server(client)
     latencies = [ms for replay, _ in typed for ms in replay.pause_latencies_ms]
     lasts = [last for replay, _ in typed for last in replay.server_lasts]
     runs = [last for last in lasts if not last["cacheHit"] and not last["cancelled"]]
+    requests = sum(replay.requests for replay, _ in typed)
     result: dict[str, Any] = {
         "editors": count,
         "wallSeconds": round(wall_s, 1),
@@ -119,10 +120,8 @@ async def run_team(
             "unanswered": sum(replay.unanswered_pauses for replay, _ in typed),
         },
         "firstTokenMs": {"p50": _percentile([r["firstTokenMs"] for r in runs], 0.5)},
-        "requests": sum(replay.requests for replay, _ in typed),
-        "requestsPerEditorSecond": round(
-            sum(replay.requests for replay, _ in typed) / (wall_s * count), 2
-        ),
+        "requests": requests,
+        "requestsPerEditorSecond": round(requests / (wall_s * count), 2),
         # The share of the time an editor has a request at the server: the load each
         # developer adds while typing.
         "inFlightShare": round(
@@ -147,23 +146,15 @@ async def run_team(
             / max(1.0, delta["vllm:prefix_cache_queries_total"]),
             3,
         ),
-        "rssMiB": vllm_rss,
+        "rssMiB": server_rss,
     }
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=[*sorted(SHAPES), "nano"], default="160m")
+    parser = replay_arguments(__doc__)
     parser.add_argument("--editors", default="1,4,8", help="team sizes, comma-separated")
-    parser.add_argument("--context-lines", type=int, default=400)
-    parser.add_argument("--typed-lines", type=int, default=2)
-    parser.add_argument("--line-end-pause", type=float, default=3.0, help="seconds")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     model = build(args.shape, args.models)
     counts = [int(n) for n in args.editors.split(",")]

@@ -433,21 +433,27 @@ def machine() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def replay_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every typing-replay benchmark takes: model shape, typing, output."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--shape", choices=[*sorted(SHAPES), "nano"], default="160m")
-    parser.add_argument("--files", type=int, default=6)
     parser.add_argument(
         "--context-lines", type=int, default=400, help="lines open before typing starts"
     )
     parser.add_argument("--typed-lines", type=int, default=2)
     parser.add_argument("--line-end-pause", type=float, default=LINE_END_PAUSE_S, help="seconds")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cancel-trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
     parser.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main() -> None:
+    parser = replay_arguments(__doc__)
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cancel-trials", type=int, default=10)
     args = parser.parse_args()
     model = build(args.shape, args.models)
     result = {

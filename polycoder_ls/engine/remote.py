@@ -150,6 +150,10 @@ class RemoteEngine:
             limit = self._served_model_limit(connection)
         except RemoteError as error:
             return self._lost(connection, error, announce)
+        return self._ready(connection, limit, announce)
+
+    def _ready(self, connection: Connection, limit: int | None, announce: bool) -> EngineStatus:
+        """The server serves the model, with `limit` positions (None: it did not say)."""
         vocabulary = connection.vocabulary
         if limit is not None and (vocabulary.max_positions or limit) >= limit:
             connection.vocabulary = dataclasses.replace(vocabulary, max_positions=limit)
@@ -209,13 +213,13 @@ class RemoteEngine:
         while not connection.ended.wait(RETRY_DELAYS_SECONDS[attempt]):
             attempt = min(attempt + 1, len(RETRY_DELAYS_SECONDS) - 1)
             try:
-                self._served_model_limit(connection)
+                limit = self._served_model_limit(connection)
             except RemoteError as error:
                 log.debug("remote %s still failing: %s", connection.endpoint.url, error.reason)
                 continue
             with self._lock:
                 connection.retrying = False
-            self._connect(connection, announce=True)
+            self._ready(connection, limit, announce=True)
             return
 
     # Completion ----------------------------------------------------------------------------
