@@ -48,9 +48,15 @@ class CompletionCache:
 
     @staticmethod
     def _key(cursor: Cursor) -> bytes:
-        # The language too: the same text is post-processed by its language's rules.
+        # The language too: the same text is post-processed by its language's rules; the
+        # other files' snippets: they are in the prompt.
+        snippets = (part for snippet in cursor.snippets for part in (snippet.path, snippet.text))
         return _digest(
-            cursor.language.name, cursor.prefix, cursor.line_suffix, cursor.following_text
+            cursor.language.name,
+            cursor.prefix,
+            cursor.line_suffix,
+            cursor.following_text,
+            *snippets,
         )
 
     def lookup(self, uri: str, cursor: Cursor) -> tuple[bool, Suggestion | None]:

@@ -88,6 +88,12 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--heads", type=int, default=8)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--fim-rate",
+        type=float,
+        default=0.5,
+        help="share of segments trained as fill-in-the-middle samples (default 0.5; 0: off)",
+    )
 
 
 def _configure_logging(log_file: Path | None, verbosity: int) -> None:
@@ -222,6 +228,7 @@ def run_train(args: argparse.Namespace, started: float) -> int:
         learning_rate=args.learning_rate,
         device=args.device,
         seed=args.seed,
+        fim_rate=args.fim_rate,
         started=started,
     )
     try:

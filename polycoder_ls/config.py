@@ -14,11 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fim import FimFormat, from_template
+
 MULTILINE_MODES = ("auto", "always", "never")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Settings whose change needs the model to be loaded again.
-RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote")
+RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote", "fim")
+FIM_MODES = ("auto", "off")
 URL_PATTERN = re.compile(r"^https?://([^\s/?#:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?(/[^\s?#]*)?$")
 
 
@@ -91,6 +94,36 @@ def _string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
         return tuple(value)
     return _fail("must be a list of non-empty strings")
+
+
+def _fim(value: Any) -> str | FimFormat:
+    if value in FIM_MODES:
+        return str(value)
+    if isinstance(value, Mapping):
+        return from_template(value)
+    return _fail('must be "auto", "off" or a template object {"prefix", "suffix", "middle"}')
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """What goes into the prompt besides the text before the cursor."""
+
+    other_files_tokens: int = field(
+        default=512,
+        metadata=_doc(
+            "Tokens of the window for snippets of the other open documents of the workspace "
+            "most like the lines around the cursor; 0: none.",
+            _int_at_least(0),
+        ),
+    )
+    suffix_tokens: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Most tokens of the text after the cursor in a fill-in-the-middle prompt (null: a "
+            "quarter of the window).",
+            _int_at_least(0, optional=True),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -214,6 +247,20 @@ class Settings:
     )
     disabled_languages: tuple[str, ...] = field(
         default=(), metadata=_doc("Language ids that get no completions.", _string_list)
+    )
+    fim: str | FimFormat = field(
+        default="auto",
+        metadata=_doc(
+            "Fill-in-the-middle: auto (the format of the model's tokenizer: StarCoder, "
+            "Qwen2.5-Coder, DeepSeek-Coder or CodeLlama; none for PolyCoder), off, or a "
+            'template {"prefix", "suffix", "middle", "ends": [...], "order": "psm" | "spm"} of '
+            "the model's special tokens. polycoder/status shows the one in use.",
+            _fim,
+        ),
+    )
+    context: ContextSettings = field(
+        default_factory=ContextSettings,
+        metadata=_doc('Prompt context: {"otherFilesTokens", "suffixTokens"}.', None),
     )
     remote: RemoteSettings = field(
         default_factory=RemoteSettings,

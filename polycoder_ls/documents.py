@@ -189,6 +189,15 @@ class Document:
 
 
 @dataclass(frozen=True)
+class Snippet:
+    """A piece of another open document, for the prompt's context."""
+
+    path: str
+    """The document's path relative to its workspace folder (else its URI's path)."""
+    text: str
+
+
+@dataclass(frozen=True)
 class Cursor:
     """What the pipeline needs to know about a cursor: its left context and its line."""
 
@@ -196,6 +205,8 @@ class Cursor:
     line_suffix: str
     following_text: str
     language: Language = PLAIN_TEXT
+    snippets: tuple[Snippet, ...] = ()
+    """Of other open documents, most similar first."""
 
     @cached_property
     def indent(self) -> IndentStyle | None:
@@ -243,3 +254,6 @@ class DocumentStore:
 
     def __len__(self) -> int:
         return len(self._documents)
+
+    def all(self) -> list[Document]:
+        return list(self._documents.values())

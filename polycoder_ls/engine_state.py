@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .fim import FimFormat
+
 if TYPE_CHECKING:
     from .postprocess import Suggestion
 
@@ -52,6 +54,8 @@ class EngineStatus:
     """"local" (in-process) or "remote" (a vLLM server generates)."""
     remote_url: str | None = None
     served_model: str | None = None
+    fim: FimFormat | None = None
+    """The fill-in-the-middle format the prompts use (None: left context only)."""
 
     @property
     def label(self) -> str:

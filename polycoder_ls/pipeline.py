@@ -5,6 +5,7 @@ item replaces, and the metrics. The LSP handlers only translate to and from lspr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -15,8 +16,9 @@ from typing import Protocol
 
 from .cache import CompletionCache
 from .config import Settings
-from .documents import Cursor, DocumentStore, cursor_at
+from .documents import Cursor, Document, DocumentStore, cursor_at
 from .engine_state import CancelSignal, CompletionOutcome, EngineStatus
+from .neighbors import Neighbors, can_render
 from .postprocess import Suggestion
 from .status import LastRequest, Metrics
 
@@ -113,6 +115,7 @@ class CompletionPipeline:
     def __init__(self, engine: CompletionEngine, settings: Settings) -> None:
         self.engine = engine
         self.documents = DocumentStore()
+        self.neighbors = Neighbors()
         self.jobs = Jobs()
         self.metrics = Metrics()
         self._cache_settings = settings.cache
@@ -139,6 +142,7 @@ class CompletionPipeline:
                 start = document.offset_at(start_line, start_char, encoding)
                 end = document.offset_at(end_line, end_char, encoding)
                 document.replace(start, end, change.text)
+                self.neighbors.edited(uri, start_line)
         document.version = version
         return True
 
@@ -146,6 +150,7 @@ class CompletionPipeline:
         self.jobs.cancel(uri)
         self.documents.close(uri)
         self.cache.forget_document(uri)
+        self.neighbors.forget(uri)
         self.engine.forget(uri)
 
     # Settings and model ----------------------------------------------------------------------
@@ -178,11 +183,13 @@ class CompletionPipeline:
         encoding: str,
         settings: Settings,
         version: int | None = None,
+        folders: tuple[str, ...] = (),
     ) -> Completion | None:
         """The suggestion at `position`, or None: nothing to suggest, the request was
         cancelled, or the document changed while the model ran (a stale answer). `version`:
         the document's version when the request arrived; if it has changed since, the
-        position is of a text that is gone."""
+        position is of a text that is gone. `folders`: the workspace folders' URIs (other
+        files' snippets come only from the folder of `uri`)."""
         started = time.perf_counter()
         self.metrics.totals.requests += 1
         document = self.documents.get(uri)
@@ -197,7 +204,9 @@ class CompletionPipeline:
             if document.language_id in settings.disabled_languages:
                 return None
             offset = document.offset_at(*position, encoding)
-            cursor = cursor_at(document, offset)
+            cursor = self._with_snippets(
+                cursor_at(document, offset), document, position[0], settings, folders
+            )
             suggestion = await self._suggestion(job, cursor, settings, started)
             if job.cancelled:  # an edit, a newer request, close or a model load ended it
                 log.debug("request %d (%s v%d) was cancelled", job.number, uri, job.version)
@@ -209,6 +218,23 @@ class CompletionPipeline:
             return Completion(suggestion, start, end)
         finally:
             self.jobs.end(job)
+
+    def _with_snippets(
+        self,
+        cursor: Cursor,
+        document: Document,
+        line: int,
+        settings: Settings,
+        folders: tuple[str, ...],
+    ) -> Cursor:
+        if settings.context.other_files_tokens == 0:
+            return cursor
+        if not can_render(document.language_id, document.uri):
+            return cursor
+        snippets = self.neighbors.snippets(
+            document, line, self.documents.all(), folders, settings.disabled_languages
+        )
+        return dataclasses.replace(cursor, snippets=snippets)
 
     async def _suggestion(
         self, job: Job, cursor: Cursor, settings: Settings, started: float

@@ -4,9 +4,10 @@ Pure functions of the raw text, the cursor and the settings. `finished` tells th
 more tokens can no longer change the result, so generation stops early with exactly the
 suggestion a full-length generation would have given.
 
-PolyCoder writes left to right only, so the text after the cursor is used to trim and filter:
-the rest of the line (closers are replaced through the item's range, anything else means no
-mid-line suggestion), the next lines (never repeated, closing lines never duplicated).
+A left-to-right model (PolyCoder) never sees the text after the cursor, so it is used to trim
+and filter: the rest of the line (closers are replaced through the item's range, anything else
+means no mid-line suggestion unless the model saw it in a fill-in-the-middle prompt), the next
+lines (never repeated, closing lines never duplicated).
 """
 
 from __future__ import annotations
@@ -307,8 +308,10 @@ def _without_second_indent(lines: list[str], cursor: Cursor, style: IndentStyle)
     return [lines[0][excess:], *rest]
 
 
-def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
-    """Fit the suggestion to the text after the cursor on its line."""
+def _with_suffix(text: str, cursor: Cursor, fim: bool) -> Suggestion | None:
+    """Fit the suggestion to the text after the cursor on its line. Without the suffix in the
+    prompt (`fim`), a line whose rest is not closers gets no suggestion; with it, the end of
+    the suggestion that the rest of the line already has is dropped."""
     suffix = cursor.line_suffix
     text = text.rstrip()
     if not text.strip():
@@ -316,11 +319,22 @@ def _with_suffix(text: str, cursor: Cursor) -> Suggestion | None:
     if not suffix.strip():
         return Suggestion(text, len(suffix))
     if not _is_closers_only(suffix):
-        return None
+        if not fim:
+            return None
+        text = _without_overlap(text, suffix.rstrip())
+        return Suggestion(text) if text.strip() else None
     closers = suffix.replace(" ", "").replace("\t", "")
     if _is_subsequence(closers, text):
         return Suggestion(text, len(suffix))
     return Suggestion(text, 0)
+
+
+def _without_overlap(text: str, suffix: str) -> str:
+    """`text` without its longest end that `suffix` starts with."""
+    for length in range(min(len(text), len(suffix)), 0, -1):
+        if text.endswith(suffix[:length]):
+            return text[:-length]
+    return text
 
 
 def _is_subsequence(needle: str, haystack: str) -> bool:
@@ -329,12 +343,18 @@ def _is_subsequence(needle: str, haystack: str) -> bool:
 
 
 def postprocess(
-    raw: str, cursor: Cursor, multiline_mode: str, stops: Sequence[str], final: bool = True
+    raw: str,
+    cursor: Cursor,
+    multiline_mode: str,
+    stops: Sequence[str],
+    final: bool = True,
+    fim: bool = False,
 ) -> tuple[Suggestion | None, bool]:
     """The suggestion for `raw`, and whether more raw text could not change it.
 
     `final` says no more text will come (the model stopped); while it is False, the last,
-    incomplete line is not judged by the filters."""
+    incomplete line is not judged by the filters. `fim`: the text after the cursor was in
+    the prompt."""
     raw, stopped = _cut_at_stop_strings(raw, (*SPECIAL_TOKEN_TEXT, *stops))
     raw, undecodable = _cut_at_undecodable(raw)
     multiline = wants_multiline(cursor, multiline_mode)
@@ -343,4 +363,4 @@ def postprocess(
     text = "\n".join(lines)
     if final and _equals_next_line(text, cursor):
         return None, True
-    return _with_suffix(text, cursor), stopped or undecodable or ended or cut
+    return _with_suffix(text, cursor, fim), stopped or undecodable or ended or cut

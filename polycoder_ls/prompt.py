@@ -115,3 +115,21 @@ def build_prompt(prefix: str, tokenize: Tokenize, budget: int) -> Prompt:
     # One line longer than the whole budget: keep its last tokens.
     tail = ids[-budget:]
     return Prompt(tail, start + offsets[len(ids) - budget])
+
+
+def clip_suffix(text: str, tokenize: Tokenize, budget: int) -> list[int]:
+    """The token ids of the start of `text` (the text after the cursor), at most `budget` of
+    them, cut at the end of a line (mid-line only when its first line alone is longer)."""
+    if budget <= 0 or not text:
+        return []
+    head = text[: budget * CHARS_PER_TOKEN_GUESS]
+    ids, offsets = tokenize(head)
+    if len(ids) <= budget and len(head) == len(text):
+        return ids
+    line_end = head.rfind("\n", 0, offsets[budget] if len(ids) > budget else len(head))
+    while line_end > 0:
+        exact, _ = tokenize(text[:line_end])
+        if len(exact) <= budget:
+            return exact
+        line_end = text.rfind("\n", 0, line_end)
+    return ids[:budget]

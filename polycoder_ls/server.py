@@ -272,6 +272,12 @@ class PolycoderLanguageServer(LanguageServer):
         read = self.protocol.completion_read.get()
         return None if read is None else read[1]
 
+    def workspace_folders(self) -> tuple[str, ...]:
+        """The workspace folders' URIs (the root URI of a client without folders)."""
+        folders = tuple(folder.uri for folder in self.workspace.folders.values())
+        root = self.workspace.root_uri
+        return folders or ((root,) if root else ())
+
     def _terminated(self) -> None:
         log.info("terminated (SIGTERM)")
         self.exit_now(0)

@@ -86,6 +86,8 @@ def status_payload(engine: EngineStatus, settings: Settings, metrics: Metrics) -
         "dtype": engine.dtype,
         "contextTokens": window.context_tokens,
         "maxNewTokens": window.max_new_tokens,
+        "fim": None if engine.fim is None else engine.fim.name,
+        "fimOrder": None if engine.fim is None else engine.fim.order,
         "last": _camel(asdict(metrics.last)),
         "totals": _camel(asdict(metrics.totals)),
     }

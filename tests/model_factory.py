@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from polycoder_ls.fim import FimFormat
 
 # PolyCoder has 50,304 embedding rows for 50,257 tokens: 47 rows no token maps to.
 EXTRA_EMBEDDING_ROWS = 47
@@ -30,11 +34,13 @@ def training_files(limit_bytes: int = 1_500_000) -> list[str]:
     return files
 
 
-def build_tokenizer(out: Path, vocab_size: int):
+def build_tokenizer(out: Path, vocab_size: int, fim: FimFormat | None = None):
+    """PolyCoder's kind of BPE (no FIM tokens, no one-token whitespace runs), or with the
+    special tokens of `fim`."""
     from polycoder_ls.training.tokenizer import train_tokenizer
 
     texts = (Path(path).read_text() for path in training_files())
-    tokenizer = train_tokenizer(texts, vocab_size, max_length=2048)
+    tokenizer = train_tokenizer(texts, vocab_size, 2048, fim=fim, one_token_runs=False)
     tokenizer.save_pretrained(out)
     return tokenizer
 
@@ -48,14 +54,16 @@ def build_model(
     positions: int = 2048,
     seed: int = 0,
     embedding_rows: int | None = None,
+    fim: FimFormat | None = None,
 ) -> Path:
     """Write a tokenizer and a random-weight GPT-NeoX model to `out`; return `out`.
-    `embedding_rows` (default: the tokenizer's size + 47) sets the vocabulary of the model."""
+    `embedding_rows` (default: the tokenizer's size + 47) sets the vocabulary of the model;
+    `fim`: the tokenizer has that format's special tokens."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out, vocab_size)
+    tokenizer = build_tokenizer(out, vocab_size, fim)
     config = GPTNeoXConfig(
         vocab_size=embedding_rows or len(tokenizer) + EXTRA_EMBEDDING_ROWS,
         hidden_size=hidden,

@@ -261,4 +261,5 @@ def _serving(
         fallback_reason=reason,
         notices=loaded.notices,
         max_positions=loaded.max_positions,
+        fim=None if loaded.fim is None else loaded.fim.format,
     )

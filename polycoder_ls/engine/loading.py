@@ -13,6 +13,7 @@ import torch
 
 from ..config import Settings
 from ..engine_state import resolve_model
+from ..fim import FimFormat, FimTokens, resolve
 from .cpu_kernels import use_cpu_kernels
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
@@ -52,6 +53,8 @@ class LoadedModel:
     """Put before every prompt, where the tokenizer itself adds it (Llama, CodeLlama...)."""
     token_texts: TokenTexts | None = None
     """For token healing; None when the tokenizer's texts cannot be known."""
+    fim: FimTokens | None = None
+    """The fill-in-the-middle format in use (the `fim` setting against this tokenizer)."""
 
     @property
     def dtype_name(self) -> str:
@@ -188,6 +191,7 @@ def load_model(settings: Settings) -> LoadedModel:
         source,
         tokenizer,
         model.config,
+        settings.fim,
         model=model,
         device=device,
         dtype=dtype,
@@ -214,7 +218,9 @@ def load_tokenizer(settings: Settings) -> LoadedModel:
         raise ModelLoadError(
             f"cannot load the tokenizer of '{source}': {first_line(str(error))}"
         ) from error
-    return _loaded(settings.model, source, tokenizer, config, model=None, device="remote")
+    return _loaded(
+        settings.model, source, tokenizer, config, settings.fim, model=None, device="remote"
+    )
 
 
 def _loaded(
@@ -222,6 +228,7 @@ def _loaded(
     source: str,
     tokenizer: Any,
     config: Any,
+    fim_setting: str | FimFormat,
     model: Any,
     device: str,
     dtype: torch.dtype = torch.float32,
@@ -229,6 +236,12 @@ def _loaded(
     notices: tuple[str, ...] = (),
 ) -> LoadedModel:
     vocab_limit = min(len(tokenizer), config.get_text_config().vocab_size)
+    vocabulary = {token: id for token, id in tokenizer.get_vocab().items() if id < vocab_limit}
+    fim, fim_notice = resolve(fim_setting, vocabulary)
+    if fim_notice is not None:
+        notices = (*notices, fim_notice)
+    log.info("fill-in-the-middle: %s", "off" if fim is None else fim.format.describe())
+    fim_ids = () if fim is None else (fim.prefix_id, fim.suffix_id, fim.middle_id, *fim.end_ids)
     return LoadedModel(
         name=name,
         source=source,
@@ -239,11 +252,14 @@ def _loaded(
         vocab_limit=vocab_limit,
         max_positions=_max_positions(config),
         eos_id=tokenizer.eos_token_id,
-        special_ids=frozenset({*tokenizer.all_special_ids, tokenizer.eos_token_id} - {None}),
+        special_ids=frozenset(
+            {*tokenizer.all_special_ids, tokenizer.eos_token_id, *fim_ids} - {None}
+        ),
         token_step=token_step,
         notices=notices,
         bos_id=_added_bos(tokenizer),
         token_texts=_token_texts(tokenizer, vocab_limit),
+        fim=fim,
     )
 
 

@@ -162,6 +162,7 @@ class RemoteEngine:
             state="ready",
             error=None,
             max_positions=connection.vocabulary.max_positions,
+            fim=None if vocabulary.fim is None else vocabulary.fim.format,
         )
         if self._publish(connection.generation, status):
             log.info("remote %s serves %s", connection.endpoint.url, connection.served_model)

@@ -38,7 +38,9 @@ async def _complete(
 ) -> tuple[Suggestion, types.Range] | None:
     where = (position.line, position.character)
     version = ls.completion_version()
-    completion = await ls.pipeline.complete(uri, where, ls.position_encoding, ls.settings, version)
+    completion = await ls.pipeline.complete(
+        uri, where, ls.position_encoding, ls.settings, version, ls.workspace_folders()
+    )
     if completion is None:
         return None
     start, end = (types.Position(*point) for point in (completion.start, completion.end))

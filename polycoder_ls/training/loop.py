@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 from ..engine.loading import LoadedModel, pick_device
 from ..evaluation.perplexity import file_nll
+from ..fim import detect as detect_fim
 from .data import Dataset, SourceFile
+from .fim_samples import FimOptions, fim_token_ids
 from .tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class TrainOptions:
     started: float | None = None
     """time.monotonic() when the time budget began (the command's start); None: now."""
     save_dtype: str = "float16"
+    fim_rate: float = 0.5
+    """The share of segments trained as fill-in-the-middle samples, where the tokenizer has
+    FIM tokens (a new tokenizer has StarCoder's); 0: left to right only."""
 
 
 def cpu_has_amx() -> bool:
@@ -105,11 +110,30 @@ def _model_and_tokenizer(options: TrainOptions, dataset: Dataset) -> tuple[Any, 
     return model, tokenizer
 
 
-def _token_stream(files: list[SourceFile], tokenizer: Any) -> torch.Tensor:
+def _token_stream(files: list[SourceFile], tokenizer: Any, options: TrainOptions) -> torch.Tensor:
+    """The files' token ids, each after end-of-text; with a tokenizer that has FIM tokens, a
+    share `options.fim_rate` of their segments as FIM samples."""
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    fim = detect_fim(tokenizer.get_vocab()) if options.fim_rate > 0 else None
+    rng = random.Random(options.seed)
     ids: list[int] = []
     for source in files:
         ids.append(tokenizer.eos_token_id)
-        ids.extend(tokenizer(source.text, add_special_tokens=False)["input_ids"])
+        if fim is None:
+            ids.extend(encode(source.text))
+            continue
+        ids += fim_token_ids(
+            source.text,
+            encode,
+            tokenizer.convert_tokens_to_ids,
+            tokenizer.eos_token_id,
+            fim,
+            FimOptions(rate=options.fim_rate),
+            rng,
+        )
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -182,7 +206,7 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
         torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = _model_and_tokenizer(options, dataset)
     model.to(device)
-    stream = _token_stream(dataset.train, tokenizer)
+    stream = _token_stream(dataset.train, tokenizer, options)
     if len(stream) <= options.long_seq_len + 1:
         raise ValueError(f"too little training text: {len(stream)} tokens")
     evaluation_started = time.monotonic()
@@ -247,6 +271,7 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
         "bf16Autocast": autocast,
         "steps": step,
         "trainTokens": len(stream),
+        "fimFormat": None if (fim := detect_fim(tokenizer.get_vocab())) is None else fim.name,
         "tokensSeen": tokens_seen,
         "minutes": round((time.monotonic() - started) / 60, 2),
         "trainingMinutes": round((after_started - schedule.started) / 60, 2),

@@ -28,6 +28,8 @@ def _schema(spec: dataclasses.Field, value: Any) -> dict[str, Any]:
             },
         }
     annotation = str(spec.type)
+    if annotation == "str | FimFormat":  # "auto", "off" or a template object
+        return {"type": ["string", "object"]}
     if annotation == "tuple[str, ...]":
         return {"type": "array", "items": {"type": "string"}}
     base, _, optional = annotation.partition(" | ")

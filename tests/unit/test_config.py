@@ -18,6 +18,8 @@ DESIGN_DEFAULTS = {
     "cache": {"size": 256, "ttlSeconds": 600},
     "disabledLanguages": [],
     "remote": {"url": None, "apiKey": None, "servedModel": None, "timeoutSeconds": 30},
+    "fim": "auto",  # issue 15
+    "context": {"otherFilesTokens": 512, "suffixTokens": None},
 }
 
 

@@ -74,7 +74,7 @@ def test_the_prompt_with_its_bos_keeps_the_exact_budget():
         return [ord(char) for char in text], list(range(len(text)))
 
     fake = SimpleNamespace(
-        tokenize=tokenize, bos_id=1, eos_id=2, token_texts=None, max_positions=None
+        tokenize=tokenize, bos_id=1, eos_id=2, token_texts=None, max_positions=None, fim=None
     )
     settings = Settings(context_tokens=16, max_new_tokens=8)  # a budget of 8 prompt tokens
     for prefix in ("abcdefg", "abcdefgh", "abcdefghi", "ab\ncdefghijk"):
