@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from model_factory import build_model
+from reference import ReferenceModel, _until_end
 
 from polycoder_ls.config import Settings, apply_settings
 from polycoder_ls.documents import Document, cursor_at
@@ -13,8 +15,6 @@ from polycoder_ls.engine import Engine, model_prompt
 from polycoder_ls.engine.loading import load_model
 from polycoder_ls.fim import CODELLAMA, DEEPSEEK, QWEN, STARCODER, FimFormat, detect, resolve
 from polycoder_ls.postprocess import postprocess
-from model_factory import build_model
-from reference import ReferenceModel, _until_end
 
 FORMATS = {"starcoder": STARCODER, "qwen": QWEN, "deepseek": DEEPSEEK, "codellama": CODELLAMA}
 TEXT = "def area(width, height):\n    result = width * height\n    return result\n\nx = 1\n"
