@@ -30,13 +30,22 @@ class Editor:
         self.versions: dict[str, int] = {}
 
     async def start(
-        self, settings: dict[str, Any], wait_ready: bool = True, encodings: list[str] | None = None
+        self,
+        settings: dict[str, Any],
+        wait_ready: bool = True,
+        encodings: list[str] | None = None,
+        folders: list[str] | None = None,
     ) -> None:
         capabilities = client_capabilities(EDITORS[self.name])
         if encodings is not None:
             capabilities.general = types.GeneralClientCapabilities(position_encodings=encodings)
+        workspace = [types.WorkspaceFolder(uri, uri.rsplit("/", 1)[-1]) for uri in folders or []]
         await self.client.initialize_session(
-            types.InitializeParams(capabilities=capabilities, initialization_options=settings)
+            types.InitializeParams(
+                capabilities=capabilities,
+                initialization_options=settings,
+                workspace_folders=workspace or None,
+            )
         )
         if wait_ready:
             await self.wait_for_state("ready")
