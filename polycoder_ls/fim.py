@@ -102,9 +102,12 @@ class FimTokens:
     middle_id: int
     end_ids: tuple[int, ...]
 
-    def layout(self, context: list[int], prefix: list[int], suffix: list[int]) -> list[int]:
-        """The prompt: other files' snippets (`context`) lead the left context."""
-        if self.format.order == "spm":
+    def layout(
+        self, context: list[int], prefix: list[int], suffix: list[int], order: Order | None = None
+    ) -> list[int]:
+        """The prompt: other files' snippets (`context`) lead the left context; in the
+        format's order unless `order` is given (training samples use both)."""
+        if (order or self.format.order) == "spm":
             return [self.prefix_id, self.suffix_id, *suffix, self.middle_id, *context, *prefix]
         return [self.prefix_id, *context, *prefix, self.suffix_id, *suffix, self.middle_id]
 

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from .documents import Document, Snippet
-from .languages import Language, language_of_document
+from .languages import Language
 
 WINDOW_LINES = 20
 WINDOW_STRIDE = 10
@@ -26,7 +26,7 @@ LINES_AFTER = 5
 MOST_SNIPPETS = 4
 MIN_SIMILARITY = 0.1
 RECENT_EDIT_BONUS = 0.1
-RECENT_EDITS_KEPT = 16
+RECENT_EDITS_KEPT = 4
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -86,13 +86,17 @@ class Neighbors:
 
     def __init__(self) -> None:
         self._index: dict[str, tuple[int, list[_Window]]] = {}
-        self._recent_edits: deque[tuple[str, int]] = deque(maxlen=RECENT_EDITS_KEPT)
+        self._recent_edits: dict[str, deque[int]] = {}
+        """Per document, so that typing in one does not push out the others' edits."""
+        self._last: tuple[tuple[object, ...], tuple[Snippet, ...]] | None = None
+        """The last choice and what it depended on: typing on one line asks the same again."""
 
     def edited(self, uri: str, line: int) -> None:
-        self._recent_edits.append((uri, line))
+        self._recent_edits.setdefault(uri, deque(maxlen=RECENT_EDITS_KEPT)).append(line)
 
     def forget(self, uri: str) -> None:
         self._index.pop(uri, None)
+        self._recent_edits.pop(uri, None)
 
     def _windows_of(self, document: Document) -> list[_Window]:
         kept = self._index.get(document.uri)
@@ -114,20 +118,29 @@ class Neighbors:
         if not query:
             return ()
         folder = folder_of(current.uri, folders)
-        edited = {(uri, edit_line) for uri, edit_line in self._recent_edits}
+        candidates = [
+            document
+            for document in others
+            if document.uri != current.uri
+            and document.language_id not in disabled_languages
+            and folder_of(document.uri, folders) == folder
+        ]
+        key = (query, folder, tuple((document.uri, document.version) for document in candidates))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._ranked(query, folder, candidates))
+        return self._last[1]
+
+    def _ranked(
+        self, query: frozenset[str], folder: str | None, candidates: list[Document]
+    ) -> tuple[Snippet, ...]:
         ranked: list[tuple[float, str, int, Snippet]] = []
-        for document in others:
-            if document.uri == current.uri or document.language_id in disabled_languages:
-                continue
-            if folder_of(document.uri, folders) != folder:
-                continue
+        for document in candidates:
             path = relative_path(document.uri, folder)
+            edited = set(self._recent_edits.get(document.uri, ()))
             for window in self._windows_of(document):
                 score = jaccard(query, window.names)
-                if any(
-                    (document.uri, edit) in edited
-                    for edit in range(window.first_line, window.first_line + WINDOW_LINES)
-                ):
+                last_line = window.first_line + WINDOW_LINES
+                if any(window.first_line <= line < last_line for line in edited):
                     score += RECENT_EDIT_BONUS
                 if score >= MIN_SIMILARITY:
                     snippet = Snippet(path, window.text)
@@ -177,7 +190,3 @@ def fit_snippets(
         kept.append(text)
         used += tokens
     return "".join(reversed(kept))
-
-
-def can_render(language_id: str, uri: str) -> bool:
-    return bool(language_of_document(language_id, uri).line_comment)

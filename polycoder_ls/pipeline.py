@@ -18,7 +18,7 @@ from .cache import CompletionCache
 from .config import Settings
 from .documents import Cursor, Document, DocumentStore, cursor_at
 from .engine_state import CancelSignal, CompletionOutcome, EngineStatus
-from .neighbors import Neighbors, can_render
+from .neighbors import Neighbors
 from .postprocess import Suggestion
 from .status import LastRequest, Metrics
 
@@ -227,9 +227,7 @@ class CompletionPipeline:
         settings: Settings,
         folders: tuple[str, ...],
     ) -> Cursor:
-        if settings.context.other_files_tokens == 0:
-            return cursor
-        if not can_render(document.language_id, document.uri):
+        if settings.context.other_files_tokens == 0 or not cursor.language.line_comment:
             return cursor
         snippets = self.neighbors.snippets(
             document, line, self.documents.all(), folders, settings.disabled_languages

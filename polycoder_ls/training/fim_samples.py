@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..fim import FimFormat
+from ..fim import FimTokens, Order
 
 SEGMENT_CHARS = 3000
 MAX_EXTRA_MIDDLE_LINES = 3
@@ -57,25 +57,20 @@ def split_points(segment: str, rng: random.Random) -> tuple[int, int]:
 def fim_token_ids(
     text: str,
     encode: Callable[[str], list[int]],
-    token_id: Callable[[str], int],
     eos_id: int,
-    fim: FimFormat,
+    fim: FimTokens,
     options: FimOptions,
     rng: random.Random,
 ) -> list[int]:
     """`text` as training token ids: its segments in order, each either as it is or as a FIM
-    sample."""
-    prefix_id, suffix_id, middle_id = (token_id(token) for token in fim.tokens)
+    sample ended by `eos_id`."""
     ids: list[int] = []
     for segment in segments(text):
         if rng.random() >= options.rate:
             ids.extend(encode(segment))
             continue
         start, end = split_points(segment, rng)
-        prefix, middle, suffix = encode(segment[:start]), segment[start:end], segment[end:]
-        if rng.random() < options.spm_rate:
-            ids += [prefix_id, suffix_id, *encode(suffix), middle_id, *prefix]
-        else:
-            ids += [prefix_id, *prefix, suffix_id, *encode(suffix), middle_id]
-        ids += [*encode(middle), eos_id]
+        order: Order = "spm" if rng.random() < options.spm_rate else "psm"
+        prefix, suffix = encode(segment[:start]), encode(segment[end:])
+        ids += [*fim.layout([], prefix, suffix, order), *encode(segment[start:end]), eos_id]
     return ids

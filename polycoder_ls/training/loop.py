@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ..engine.loading import LoadedModel, pick_device
 from ..evaluation.perplexity import file_nll
-from ..fim import detect as detect_fim
+from ..fim import FimTokens
+from ..fim import resolve as resolve_fim
 from .data import Dataset, SourceFile
 from .fim_samples import FimOptions, fim_token_ids
 from .tokenizer import train_tokenizer
@@ -110,30 +111,24 @@ def _model_and_tokenizer(options: TrainOptions, dataset: Dataset) -> tuple[Any, 
     return model, tokenizer
 
 
-def _token_stream(files: list[SourceFile], tokenizer: Any, options: TrainOptions) -> torch.Tensor:
-    """The files' token ids, each after end-of-text; with a tokenizer that has FIM tokens, a
-    share `options.fim_rate` of their segments as FIM samples."""
+def _token_stream(
+    files: list[SourceFile], tokenizer: Any, fim: FimTokens | None, options: TrainOptions
+) -> torch.Tensor:
+    """The files' token ids, each after end-of-text; with `fim`, a share `options.fim_rate`
+    of their segments as FIM samples."""
 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    fim = detect_fim(tokenizer.get_vocab()) if options.fim_rate > 0 else None
     rng = random.Random(options.seed)
+    fim_options = FimOptions(rate=options.fim_rate)
     ids: list[int] = []
     for source in files:
         ids.append(tokenizer.eos_token_id)
         if fim is None:
             ids.extend(encode(source.text))
             continue
-        ids += fim_token_ids(
-            source.text,
-            encode,
-            tokenizer.convert_tokens_to_ids,
-            tokenizer.eos_token_id,
-            fim,
-            FimOptions(rate=options.fim_rate),
-            rng,
-        )
+        ids += fim_token_ids(source.text, encode, tokenizer.eos_token_id, fim, fim_options, rng)
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -206,7 +201,8 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
         torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = _model_and_tokenizer(options, dataset)
     model.to(device)
-    stream = _token_stream(dataset.train, tokenizer, options)
+    fim, _ = resolve_fim("auto" if options.fim_rate > 0 else "off", tokenizer.get_vocab())
+    stream = _token_stream(dataset.train, tokenizer, fim, options)
     if len(stream) <= options.long_seq_len + 1:
         raise ValueError(f"too little training text: {len(stream)} tokens")
     evaluation_started = time.monotonic()
@@ -271,7 +267,7 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
         "bf16Autocast": autocast,
         "steps": step,
         "trainTokens": len(stream),
-        "fimFormat": None if (fim := detect_fim(tokenizer.get_vocab())) is None else fim.name,
+        "fimFormat": None if fim is None else fim.format.name,
         "tokensSeen": tokens_seen,
         "minutes": round((time.monotonic() - started) / 60, 2),
         "trainingMinutes": round((after_started - schedule.started) / 60, 2),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from polycoder_ls.fim import STARCODER
+from polycoder_ls.fim import STARCODER, resolve
 from polycoder_ls.training.fim_samples import FimOptions, fim_token_ids, segments
 from polycoder_ls.training.tokenizer import train_tokenizer
 
@@ -34,10 +34,9 @@ def test_fim_samples_rearrange_each_segment_and_keep_all_its_text():
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    ids = fim_token_ids(
-        CODE, encode, tokenizer.convert_tokens_to_ids, eos, STARCODER, FimOptions(rate=1.0),
-        random.Random(1),
-    )  # fmt: skip
+    fim, _ = resolve(STARCODER, tokenizer.get_vocab())
+    assert fim is not None
+    ids = fim_token_ids(CODE, encode, eos, fim, FimOptions(rate=1.0), random.Random(1))
     samples = [sample for sample in _split(ids, eos) if sample]
     pieces = segments(CODE)
     assert len(samples) == len(pieces) > 1

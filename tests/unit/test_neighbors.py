@@ -60,3 +60,14 @@ def test_snippets_are_comments_within_their_token_budget():
     )  # the most similar nearest the cursor
     fitted = fit_snippets(two, python, tokenize, 30)
     assert len(fitted) <= 30 and fitted.startswith("# lib/helpers.py\n")
+
+
+def test_an_edit_of_the_other_document_is_seen_by_the_next_choice():
+    neighbors = Neighbors()
+    current = _document("file:///work/app.py", CURRENT + "x = \n")
+    helpers = _document("file:///work/helpers.py", "def unrelated():\n    return 0\n")
+    assert neighbors.snippets(current, 5, [helpers], ("file:///work",), ()) == ()
+    helpers.replace(0, 0, "def parse_config(path, defaults):\n    return read_file(path)\n")
+    helpers.version = 2
+    chosen = neighbors.snippets(current, 5, [helpers], ("file:///work",), ())
+    assert chosen and "parse_config" in chosen[0].text
