@@ -77,11 +77,15 @@ class FaultProxy:
                 self._reset(client, requests)
 
     def _answer(self, upstream: socket.socket, client: socket.socket, cut: bool) -> bool:
-        """Forward the answer; with `cut`, stop after its first event (True)."""
+        """Forward the answer; with `cut`, stop after its first event (True), also when one
+        chunk from upstream holds several events (a fast server sends them together)."""
         while chunk := _recv(upstream):
-            client.sendall(chunk)
-            if cut and b"data:" in chunk:
+            event = chunk.find(b"data:")
+            if cut and event >= 0:
+                end = chunk.find(b"\n\n", event)
+                client.sendall(chunk if end < 0 else chunk[: end + 2])
                 return True
+            client.sendall(chunk)
         return False
 
     def _reset(self, client: socket.socket, requests: threading.Thread) -> None:
