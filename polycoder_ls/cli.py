@@ -43,13 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--multiline", choices=["auto", "always", "never"])
     evaluate = commands.add_parser(
         "eval",
-        help="perplexity per language and hole completion through the server, for PATHs",
+        help="perplexity and hole completion for PATHs, or HumanEval (--humaneval)",
         description="Score a model on source files: perplexity per model token and per "
         "Pygments token (each file on its own, non-overlapping windows), and hole completion "
         "through the real server over LSP. Languages by file extension (or a folder named after "
-        "the language). Prints a markdown table; a progress bar goes to stderr.",
+        "the language). Or, with --humaneval, HumanEval's 164 problems as the PolyCoder paper "
+        "ran them (pass@k per temperature; every program executed in a sandbox) and infilling "
+        "variants for FIM models. Prints a markdown table; a progress bar goes to stderr.",
     )
-    evaluate.add_argument("paths", metavar="PATH", nargs="+", type=Path)
+    evaluate.add_argument("paths", metavar="PATH", nargs="*", type=Path)
     evaluate.add_argument("--model")
     evaluate.add_argument("--device")
     evaluate.add_argument("--dtype")
@@ -60,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
         "--holes", type=int, default=4, help="holes per file for hole completion (0: none)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the hole sampling")
+    evaluate.add_argument(
+        "--humaneval", action="store_true", help="run HumanEval instead (no PATHs)"
+    )
+    evaluate.add_argument(
+        "--samples", type=int, default=10, help="HumanEval: completions per problem (10)"
+    )
+    evaluate.add_argument(
+        "--temperatures",
+        default="0.2,0.6,0.8",
+        help="HumanEval: comma-separated sampling temperatures (0.2,0.6,0.8; 0: greedy)",
+    )
     _add_train_parser(commands)
     return parser
 
@@ -185,6 +198,14 @@ def run_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _temperatures(text: str) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return values if all(0 <= value <= 5 for value in values) else None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .engine.loading import ModelLoadError
     from .evaluation.run import EvalOptions, evaluate, markdown_table, write_json
@@ -192,6 +213,10 @@ def run_eval(args: argparse.Namespace) -> int:
     settings, problems = _command_settings(args)
     if (args.limit is not None and args.limit < 1) or args.holes < 0:
         problems.append("--limit must be at least 1 and --holes at least 0")
+    if args.humaneval:
+        return run_humaneval(args, settings, problems)
+    if not args.paths:
+        problems.append("give PATHs to score, or --humaneval")
     if problems:
         print("polycoder-ls eval: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -207,6 +232,33 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(result, args.json)
     sys.stdout.write(markdown_table(result))
+    return 0
+
+
+def run_humaneval(args: argparse.Namespace, settings: Settings, problems: list[str]) -> int:
+    from .engine.loading import ModelLoadError
+    from .evaluation.humaneval import HumanEvalOptions, humaneval_markdown, run_humaneval
+    from .evaluation.run import write_json
+
+    temperatures = _temperatures(args.temperatures)
+    if temperatures is None:
+        problems.append("--temperatures takes numbers from 0 to 5, comma-separated")
+    if args.samples < 1:
+        problems.append("--samples must be at least 1")
+    if args.paths:
+        problems.append("--humaneval takes no PATHs")
+    if problems or temperatures is None:
+        print("polycoder-ls eval: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    options = HumanEvalOptions(settings, args.samples, temperatures, args.limit, args.seed)
+    try:
+        result = run_humaneval(options)
+    except ModelLoadError as error:
+        print(f"polycoder-ls eval: {error}", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        write_json(result, args.json)
+    sys.stdout.write(humaneval_markdown(result))
     return 0
 
 

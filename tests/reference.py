@@ -22,6 +22,7 @@ from transformers import (
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.cpu_kernels import use_cpu_kernels
+from polycoder_ls.fim import FimFormat
 
 # The prompt: whole lines dropped from the left, first only at line numbers that are multiples
 # of this (README: "Prompt"), then at any line, then the last tokens of one huge line.
@@ -174,6 +175,21 @@ def _cut_repeated_run(line: str) -> str:
             if line[start : start + 7 * size] == piece * 7:
                 return line[: start + size]
     return line
+
+
+def fim_prompt(
+    reference: ReferenceModel, fim: FimFormat, prefix: str, suffix: str
+) -> tuple[list[int], str]:
+    """Independently: sentinel ids from the tokenizer, the two texts tokenised whole, the
+    prefix's last token taken back (healing), in the format's documented order."""
+    p, s, m = reference.tokenizer.convert_tokens_to_ids(list(fim.tokens))
+    prefix_ids, _ = reference.tokenize(prefix)
+    suffix_ids, _ = reference.tokenize(suffix)
+    healed = reference.token_text(prefix_ids[-1])
+    kept = prefix_ids[:-1]
+    if fim.order == "spm":
+        return [p, s, *suffix_ids, m, *kept], healed
+    return [p, *kept, s, *suffix_ids, m], healed
 
 
 class _Spell(LogitsProcessor):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from model_factory import build_model
-from reference import ReferenceModel, _until_end
+from reference import ReferenceModel, _until_end, fim_prompt
 
 from polycoder_ls.config import Settings, apply_settings
 from polycoder_ls.documents import Document, cursor_at
@@ -48,19 +48,6 @@ def test_a_template_setting_is_checked_and_missing_tokens_turn_fim_off():
     assert resolve("off", {"<fim_prefix>": 1, "<fim_suffix>": 2, "<fim_middle>": 3}) == (None, None)
 
 
-def _reference_prompt(reference: ReferenceModel, fim: FimFormat, prefix: str, suffix: str):
-    """Independently: sentinel ids from the tokenizer, the two texts tokenised whole, the
-    prefix's last token taken back (healing), in the format's documented order."""
-    p, s, m = reference.tokenizer.convert_tokens_to_ids(list(fim.tokens))
-    prefix_ids, _ = reference.tokenize(prefix)
-    suffix_ids, _ = reference.tokenize(suffix)
-    healed = reference.token_text(prefix_ids[-1])
-    kept = prefix_ids[:-1]
-    if fim.order == "spm":
-        return [p, s, *suffix_ids, m, *kept], healed
-    return [p, *kept, s, *suffix_ids, m], healed
-
-
 def test_the_prompt_layout_of_each_format(fim_model):
     model_dir, fim = fim_model
     loaded = load_model(Settings(model=str(model_dir)))
@@ -70,7 +57,7 @@ def test_the_prompt_layout_of_each_format(fim_model):
         "th * height\n    return result\n",
     )
     prompt = model_prompt(prefix, loaded, Settings(), suffix)
-    expected, healed = _reference_prompt(ReferenceModel(model_dir), fim, prefix, suffix)
+    expected, healed = fim_prompt(ReferenceModel(model_dir), fim, prefix, suffix)
     assert prompt.token_ids == expected and prompt.removed_text == healed
 
 
@@ -104,7 +91,7 @@ def test_mid_line_suggestions_equal_the_greedy_reference(fim_model):
         for cursor_text in ("width * ", "return res", "def area(wi"):
             offset = TEXT.index(cursor_text) + len(cursor_text)
             line_end = TEXT.index("\n", offset)
-            prompt, healed = _reference_prompt(reference, fim, TEXT[:offset], TEXT[offset:])
+            prompt, healed = fim_prompt(reference, fim, TEXT[:offset], TEXT[offset:])
             raw = reference.raw_generation(prompt, 10, healed)[len(healed) :]
             line = _until_end(raw, ()).split("\n")[0].rstrip()
             rest = TEXT[offset:line_end].rstrip()
