@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import Settings, apply_settings
@@ -62,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
         "--holes", type=int, default=4, help="holes per file for hole completion (0: none)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the hole sampling")
+    evaluate.add_argument(
+        "--repository-holes",
+        type=int,
+        default=2,
+        help="repository-level holes per file: lines that use a name another file of the "
+        "project defines (2)",
+    )
+    evaluate.add_argument(
+        "--ablate",
+        action="store_true",
+        help="hole completion with and without FIM and other-file context",
+    )
+    evaluate.add_argument("--fim", help="the fim setting: auto, off, or a JSON template")
+    evaluate.add_argument(
+        "--other-files-tokens", type=int, help="the context.otherFilesTokens setting (512)"
+    )
     evaluate.add_argument(
         "--humaneval", action="store_true", help="run HumanEval instead (no PATHs)"
     )
@@ -151,6 +168,7 @@ def _parse_target(target: str) -> tuple[Path, int, int]:
 
 
 def _command_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    other_files = getattr(args, "other_files_tokens", None)
     overrides = {
         "model": args.model,
         "device": args.device,
@@ -159,10 +177,22 @@ def _command_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         "temperature": getattr(args, "temperature", None),
         "multiline": getattr(args, "multiline", None),
         "contextTokens": getattr(args, "context_tokens", None),
+        "fim": _json_or_text(getattr(args, "fim", None)),
+        "context": None if other_files is None else {"otherFilesTokens": other_files},
     }
     return apply_settings(
         Settings(), {key: value for key, value in overrides.items() if value is not None}
     )
+
+
+def _json_or_text(value: str | None) -> Any:
+    """A JSON object given on the command line (a `fim` template), else the text itself."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def run_complete(args: argparse.Namespace) -> int:
@@ -211,8 +241,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.run import EvalOptions, evaluate, markdown_table, write_json
 
     settings, problems = _command_settings(args)
-    if (args.limit is not None and args.limit < 1) or args.holes < 0:
-        problems.append("--limit must be at least 1 and --holes at least 0")
+    if (args.limit is not None and args.limit < 1) or min(args.holes, args.repository_holes) < 0:
+        problems.append("--limit must be at least 1, --holes and --repository-holes at least 0")
     if args.humaneval:
         return run_humaneval(args, settings, problems)
     if not args.paths:
@@ -220,7 +250,15 @@ def run_eval(args: argparse.Namespace) -> int:
     if problems:
         print("polycoder-ls eval: " + "; ".join(problems), file=sys.stderr)
         return 2
-    options = EvalOptions(args.paths, settings, args.limit, args.holes, args.seed)
+    options = EvalOptions(
+        args.paths,
+        settings,
+        args.limit,
+        args.holes,
+        args.seed,
+        args.repository_holes,
+        args.ablate,
+    )
     try:
         result = evaluate(options)
     except (FileNotFoundError, ModelLoadError) as error:

@@ -13,14 +13,18 @@ from .. import __version__
 from ..documents import UTF16, index_to_column
 from .holes import Hole
 
+EVAL_ROOT = "file:///polycoder-eval"
+"""The workspace folder of every document the evaluation opens."""
+
 
 class CompletionClient:
-    """One polycoder-ls server process, started with `options` as initializationOptions."""
+    """One polycoder-ls server process, started with `options` as initializationOptions, with
+    one workspace folder (EVAL_ROOT)."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
         self._client = LanguageClient("polycoder-ls-eval", __version__)
-        self._opened = 0
+        self._versions: dict[str, int] = {}
 
     async def start(self) -> None:
         await self._client.start_io(sys.executable, "-m", "polycoder_ls", "--stdio")
@@ -29,16 +33,25 @@ class CompletionClient:
                 capabilities=types.ClientCapabilities(),
                 process_id=os.getpid(),
                 initialization_options=self._options,
+                workspace_folders=[types.WorkspaceFolder(EVAL_ROOT, "polycoder-eval")],
             )
         )
         self._client.initialized(types.InitializedParams())
 
-    async def suggestion(self, hole: Hole, language_id: str, extension: str) -> str | None:
-        """The text of the server's first inline completion item at the hole, or None."""
-        self._opened += 1
-        uri = f"file:///polycoder-eval/hole-{self._opened}{extension}"
-        item = types.TextDocumentItem(uri, language_id, 1, hole.document)
+    def open(self, uri: str, language_id: str, text: str) -> None:
+        """Open a document, as an editor does for a file the user has open."""
+        version = self._versions[uri] = self._versions.get(uri, 0) + 1
+        item = types.TextDocumentItem(uri, language_id, version, text)
         self._client.text_document_did_open(types.DidOpenTextDocumentParams(item))
+
+    def close(self, uri: str) -> None:
+        identifier = types.TextDocumentIdentifier(uri)
+        self._client.text_document_did_close(types.DidCloseTextDocumentParams(identifier))
+
+    async def suggestion(self, hole: Hole, uri: str, language_id: str) -> str | None:
+        """The text of the server's first inline completion item at the hole (its document
+        opened at `uri` for the request), or None."""
+        self.open(uri, language_id, hole.document)
         line, _ = hole.position
         line_prefix = hole.document[: hole.offset].rsplit("\n", 1)[-1]
         try:
@@ -54,8 +67,7 @@ class CompletionClient:
                 )
             )
         finally:
-            identifier = types.TextDocumentIdentifier(uri)
-            self._client.text_document_did_close(types.DidCloseTextDocumentParams(identifier))
+            self.close(uri)
         items = result.items if isinstance(result, types.InlineCompletionList) else result
         if not items:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -9,13 +10,30 @@ import sys
 from pathlib import Path
 
 import torch
+from model_factory import build_model
 from pygments.lexers import PythonLexer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from polycoder_ls.config import Settings
+from polycoder_ls.config import ContextSettings, Settings
 from polycoder_ls.evaluation.corpus import files_by_language
-from polycoder_ls.evaluation.holes import edit_similarity, sample_holes
-from polycoder_ls.evaluation.run import EvalOptions, evaluate
+from polycoder_ls.evaluation.holes import (
+    Hole,
+    definitions,
+    edit_similarity,
+    repository_holes,
+    sample_holes,
+)
+from polycoder_ls.evaluation.lsp_client import EVAL_ROOT, CompletionClient
+from polycoder_ls.evaluation.run import (
+    EvalOptions,
+    HoleCondition,
+    evaluate,
+    hole_conditions,
+    hole_scores,
+    project_of,
+    projects,
+)
+from polycoder_ls.fim import STARCODER
 from polycoder_ls.languages import language_named
 
 STDLIB = Path(json.__file__).parent
@@ -71,20 +89,106 @@ def test_holes_are_deterministic_and_cut_real_lines():
     text = (STDLIB / "encoder.py").read_text()
     python = language_named("Python")
     assert python is not None
-    holes = sample_holes(text, python, 9, seed=3, name="encoder.py")
-    assert holes == sample_holes(text, python, 9, seed=3, name="encoder.py")
-    assert holes != sample_holes(text, python, 9, seed=4, name="encoder.py")
-    assert {hole.kind for hole in holes} == {"mid-line", "line-end", "empty-line"}
+    holes = sample_holes(text, python, 12, seed=3, name="encoder.py")
+    assert holes == sample_holes(text, python, 12, seed=3, name="encoder.py")
+    assert holes != sample_holes(text, python, 12, seed=4, name="encoder.py")
+    assert {hole.kind for hole in holes} == {"mid-line", "inside-line", "line-end", "empty-line"}
     for hole in holes:
         line, column = hole.position
         document_line = hole.document.split("\n")[line]
+        original = text.split("\n")[line]
+        if hole.kind == "inside-line":  # a piece removed, the rest of the line kept
+            rest = document_line[column:]
+            assert rest.strip() and original == document_line[:column] + original[column:]
+            assert original[column:].endswith(rest)
+            assert original[column : len(original) - len(rest)].strip() == hole.truth
+            continue
         assert document_line[column:].strip() == ""
         if hole.kind == "line-end":
             assert hole.truth == text.split("\n")[line + 1].strip()
         else:
-            original = text.split("\n")[line]
             assert original[:column] == document_line
             assert original[column:].strip() == hole.truth
+
+
+def test_definitions_are_found_in_each_language_by_keyword_or_signature():
+    assert definitions("def load_model(x):\n    pass\nclass Engine:\n") == {"load_model", "Engine"}
+    assert definitions("func (r *Reader) ReadRune() {}\ntype Buffer struct {}") == {
+        "ReadRune",
+        "Buffer",
+    }
+    assert definitions("pub fn parse_args() {}\npub(crate) struct Parser;") == {
+        "parse_args",
+        "Parser",
+    }
+    assert definitions("static int count_lines(const char *s) {\nint helper(void);") == {
+        "count_lines"  # a declaration (ending in ;) defines nothing
+    }
+    assert definitions("export function render() {}\n  public String getName() {") == {
+        "render",
+        "getName",
+    }
+    assert definitions("    # the def keyword in prose\nx = type(y)\n") == set()
+
+
+def test_repository_holes_are_lines_using_a_name_only_another_file_defines():
+    text = (
+        "import helpers\n"
+        "\n"
+        "def run(items):\n"
+        "    # the total comes from helpers\n"
+        "    total = helpers.compute_total(items)\n"
+        "    again = helpers.compute_total(items)\n"
+        "    shown = format_local(total)\n"
+        "    return shown\n"
+        "\n"
+        "def format_local(value):\n"
+        "    return str(value)\n"
+    )
+    elsewhere = {"compute_total", "format_local", "unused_name"}
+    holes = repository_holes(text, elsewhere, 5, seed=0, name="main.py")
+    # The first use only (the second can be copied from it); never a name this file defines.
+    assert [hole.truth for hole in holes] == ["total = helpers.compute_total(items)"]
+    (hole,) = holes
+    assert hole.kind == "repository" and hole.position == (4, 4)
+    assert hole.document.split("\n")[4] == "    "
+    assert repository_holes(text, set(), 5, seed=0, name="main.py") == []
+
+
+def test_files_are_grouped_by_project_under_a_language_folder(tmp_path: Path):
+    for path in ("Go/netlib/a/x.go", "Go/netlib/y.go", "Go/other/z.go", "top.go"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("package x\n")
+    assert project_of(tmp_path / "Go/netlib/a/x.go", [tmp_path]) == ("netlib", "a/x.go")
+    assert project_of(tmp_path / "Go/other/z.go", [tmp_path]) == ("other", "z.go")
+    assert project_of(tmp_path / "top.go", [tmp_path]) == (tmp_path.name, "top.go")
+    options = EvalOptions([tmp_path], Settings())
+    grouped = projects(options, files_by_language([tmp_path], None))
+    assert {name: sorted(s.uri for s in sources) for name, sources in grouped.items()} == {
+        "netlib": [f"{EVAL_ROOT}/netlib/a/x.go", f"{EVAL_ROOT}/netlib/y.go"],
+        "other": [f"{EVAL_ROOT}/other/z.go"],
+        tmp_path.name: [f"{EVAL_ROOT}/{tmp_path.name}/top.go"],
+    }
+
+
+def test_the_ablation_conditions():
+    def labels(settings: Settings, ablate: bool, has_fim: bool) -> list[str]:
+        options = EvalOptions([], settings, ablate=ablate)
+        return [condition.label for condition in hole_conditions(options, has_fim)]
+
+    assert labels(Settings(), False, True) == ["FIM on, other files 512 tokens"]
+    assert labels(Settings(fim="off"), False, True) == ["FIM off, other files 512 tokens"]
+    assert labels(Settings(), True, True) == [
+        "FIM on, other files 512 tokens",
+        "FIM on, other files off",
+        "FIM off, other files 512 tokens",
+        "FIM off, other files off",
+    ]
+    off = Settings(context=ContextSettings(other_files_tokens=0))
+    assert labels(off, True, False) == [
+        "FIM off, other files off",
+        "FIM off, other files 512 tokens",
+    ]
 
 
 def test_edit_similarity():
@@ -96,8 +200,9 @@ def test_edit_similarity():
 def test_eval_command_scores_holes_through_the_server(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "result.json"
     command = [sys.executable, "-m", "polycoder_ls", "eval", "--model", str(tiny_model)]
+    limits = ["--limit", "2", "--holes", "3", "--repository-holes", "0"]
     done = subprocess.run(
-        [*command, "--limit", "2", "--holes", "3", "--json", str(out), str(STDLIB)],
+        [*command, *limits, "--json", str(out), str(STDLIB)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,3 +227,82 @@ def test_eval_command_reports_a_missing_path(tiny_model: Path, tmp_path: Path):
     )
     assert done.returncode == 1
     assert "no such file or directory: /nope" in done.stderr
+
+
+def test_eval_ablation_asks_the_same_holes_under_each_condition(tmp_path: Path):
+    model = build_model(tmp_path / "fim-model", fim=STARCODER)
+    project = tmp_path / "code" / "Python" / "shop"
+    project.mkdir(parents=True)
+    (project / "prices.py").write_text(
+        "def compute_total(items):\n    return sum(item.price for item in items)\n\n\n"
+        "def apply_discount(total, rate):\n    return total * (1 - rate)\n"
+    )
+    (project / "cart.py").write_text(
+        "import prices\n\n\nclass Cart:\n    def __init__(self):\n        self.items = []\n\n"
+        "    def total(self):\n        value = prices.compute_total(self.items)\n"
+        "        return prices.apply_discount(value, 0.1)\n"
+    )
+    out = tmp_path / "result.json"
+    command = [sys.executable, "-m", "polycoder_ls", "eval", "--model", str(model), "--ablate"]
+    done = subprocess.run(
+        [*command, "--holes", "4", "--json", str(out), str(tmp_path / "code")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    conditions = json.loads(out.read_text())["holeConditions"]
+    assert [c["condition"] for c in conditions] == [
+        {"fim": True, "otherFilesTokens": 512},
+        {"fim": True, "otherFilesTokens": 0},
+        {"fim": False, "otherFilesTokens": 512},
+        {"fim": False, "otherFilesTokens": 0},
+    ]
+    for condition in conditions:
+        assert condition["byKind"]["repository"]["holes"] == 2  # cart.py's two uses
+        assert condition["all"]["holes"] == conditions[0]["all"]["holes"]
+        assert condition["all"]["serverErrors"] == 0
+    assert "| repository | 2 |" in done.stdout and "FIM off, other files off" in done.stdout
+
+
+class _RecordingClient(CompletionClient):
+    """Records which documents are open whenever a suggestion is asked; answers nothing."""
+
+    def __init__(self) -> None:
+        self.open_uris: set[str] = set()
+        self.asked: list[tuple[str, frozenset[str]]] = []
+
+    async def start(self) -> None:
+        pass
+
+    def open(self, uri: str, language_id: str, text: str) -> None:
+        assert uri not in self.open_uris
+        self.open_uris.add(uri)
+
+    def close(self, uri: str) -> None:
+        self.open_uris.remove(uri)
+
+    async def suggestion(self, hole: Hole, uri: str, language_id: str) -> str | None:
+        self.asked.append((uri, frozenset(self.open_uris)))
+        return None
+
+    async def stop(self) -> None:
+        pass
+
+
+def test_a_files_holes_are_asked_with_the_other_files_of_its_project_open_and_not_itself(
+    tmp_path: Path,
+):
+    for path in ("Python/shop/a.py", "Python/shop/b.py", "Python/shop/c.py", "Python/blog/d.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("def f(x):\n    y = x + 1\n    return y\n")
+    options = EvalOptions([tmp_path], Settings(), holes_per_file=2)
+    client = _RecordingClient()
+    files = files_by_language([tmp_path], None)
+    asyncio.run(hole_scores(options, files, HoleCondition(False, 512), client))
+    shop = {f"{EVAL_ROOT}/shop/{name}" for name in ("a.py", "b.py", "c.py")}
+    assert {uri for uri, _ in client.asked} == {*shop, f"{EVAL_ROOT}/blog/d.py"}
+    for uri, open_uris in client.asked:
+        project = shop if uri in shop else {uri}
+        assert open_uris == project - {uri}, uri
+    assert client.open_uris == set()  # all closed at the end
