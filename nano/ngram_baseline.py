@@ -4,6 +4,11 @@ scored on the held-out split exactly as `polycoder-ls eval` scores a model: each
 own, end-of-text first, per model token and per Pygments token.
 
     python nano/ngram_baseline.py [--model nano] [--train .corpus/train] [--heldout .corpus/heldout]
+        [--json OUT] [--holes-json OUT --limit 10]
+
+With --holes-json it also completes the holes of `polycoder-ls eval --holes 4` (the same files,
+seed and holes, repository-level ones included) greedily, left to right, one line at most, and
+scores them the same way: the trigram as an anchor for hole completion.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import AutoTokenizer
 
+from polycoder_ls.config import Settings
 from polycoder_ls.engine.loading import resolve_model
 from polycoder_ls.evaluation.corpus import files_by_language, read_source
+from polycoder_ls.evaluation.holes import HoleScore
 from polycoder_ls.evaluation.perplexity import pygments_token_count
+from polycoder_ls.evaluation.run import EvalOptions, project_holes, projects
 from polycoder_ls.languages import language_named
 
 DISCOUNT = 0.75
+HOLES_PER_FILE = 4
+MAX_HOLE_TOKENS = 48
 
 
 def _ids(tokenizer, text: str) -> np.ndarray:
@@ -55,6 +65,28 @@ class Trigram:
         index = np.clip(np.searchsorted(keys, query), 0, len(keys) - 1)
         return np.where(keys[index] == query, values[index], 0).astype(np.float64)
 
+    def next_token(self, before: list[int]) -> int:
+        """The most probable token after `before` (greedy)."""
+        vocab = self.vocab
+        words = np.arange(vocab)
+        p = (self.unigram + 1) / (self.total + vocab)
+        prev = before[-1]
+        c_prev = self.ctx1[prev]
+        if c_prev > 0:
+            c_bi = self._lookup(self.bi_keys, self.bi_counts, prev * vocab + words)
+            p = (
+                np.maximum(c_bi - DISCOUNT, 0) / c_prev
+                + DISCOUNT * self.ctx1_types[prev] / c_prev * p
+            )
+        if len(before) >= 2:
+            context = before[-2] * vocab + prev
+            c_ctx = self._lookup(self.ctx2_keys, self.ctx2, np.array([context]))[0]
+            if c_ctx > 0:
+                types = self._lookup(self.ctx2_keys, self.ctx2_types, np.array([context]))[0]
+                c_tri = self._lookup(self.tri_keys, self.tri_counts, context * vocab + words)
+                p = np.maximum(c_tri - DISCOUNT, 0) / c_ctx + DISCOUNT * types / c_ctx * p
+        return int(np.argmax(p))
+
     def nll(self, ids: np.ndarray) -> float:
         """Negative log-likelihood (nats) of ids[1:] given the tokens before each."""
         vocab = self.vocab
@@ -80,12 +112,44 @@ class Trigram:
         return float(-np.log(p).sum())
 
 
+def complete_line(model: Trigram, tokenizer, prefix: str) -> str:
+    """Greedy tokens after `prefix` until a line break, end-of-text or MAX_HOLE_TOKENS."""
+    before = list(_ids(tokenizer, prefix)[-2:])
+    generated: list[int] = []
+    text = ""
+    while len(generated) < MAX_HOLE_TOKENS:
+        token = model.next_token(before)
+        if token == tokenizer.eos_token_id:
+            break
+        generated.append(token)
+        before = [before[-1], token]
+        text = tokenizer.decode(generated)
+        if text.strip() and "\n" in text.lstrip("\n"):
+            break
+    return text
+
+
+def hole_scores(model: Trigram, tokenizer, heldout: Path, limit: int) -> dict:
+    """The holes of `polycoder-ls eval --holes 4` (seed 0), completed by the trigram."""
+    options = EvalOptions([heldout], Settings(), limit=limit, holes_per_file=HOLES_PER_FILE)
+    scores: dict[str, HoleScore] = {}
+    for sources in projects(options, files_by_language([heldout], limit)).values():
+        for _, holes in project_holes(options, sources):
+            for hole in holes:
+                suggestion = complete_line(model, tokenizer, hole.document[: hole.offset])
+                scores.setdefault(hole.kind, HoleScore()).add(hole, suggestion)
+    by_kind = {kind: score.summary() for kind, score in scores.items()}
+    return {"byKind": by_kind, "all": HoleScore.merged(scores.values()).summary()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="nano")
     parser.add_argument("--train", type=Path, default=Path(".corpus/train"))
     parser.add_argument("--heldout", type=Path, default=Path(".corpus/heldout"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--holes-json", type=Path, help="also complete eval's holes, to here")
+    parser.add_argument("--limit", type=int, default=10, help="files per language for holes")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     vocab = len(tokenizer)
@@ -118,6 +182,10 @@ def main() -> None:
     result = {"model": f"trigram on {args.model}'s tokenizer", "languages": languages}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.holes_json:
+        holes = hole_scores(model, tokenizer, args.heldout, args.limit)
+        holes["model"] = result["model"]
+        args.holes_json.write_text(json.dumps(holes, indent=2) + "\n")
     print("| language | files | tokens | perplexity / token | perplexity / Pygments token |")
     print("|---|---|---|---|---|")
     for name, row in languages.items():

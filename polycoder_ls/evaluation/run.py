@@ -78,6 +78,10 @@ class Source:
     text: str
     uri: str
 
+    @property
+    def language_id(self) -> str:
+        return self.language.language_ids[0]
+
 
 def _window(options: EvalOptions, max_positions: int | None) -> int:
     window = options.settings.context_tokens
@@ -155,25 +159,14 @@ async def hole_scores(
         ) as progress:
             for sources in grouped.values():
                 for source in sources:
-                    client.open(source.uri, source.language.language_ids[0], source.text)
-                defined = {source.uri: definitions(source.text) for source in sources}
-                for source in sources:
+                    client.open(source.uri, source.language_id, source.text)
+                for source, holes in project_holes(options, sources):
                     client.close(source.uri)
-                    elsewhere = set().union(
-                        *(names for uri, names in defined.items() if uri != source.uri)
-                    )
                     by_kind = scores.setdefault(source.language.name, {})
-                    for hole in _holes(options, source, elsewhere):
+                    for hole in holes:
                         score = by_kind.setdefault(hole.kind, HoleScore())
-                        language_id = source.language.language_ids[0]
-                        try:
-                            suggestion = await client.suggestion(hole, source.uri, language_id)
-                        except JsonRpcException as error:
-                            log.error("the server failed on a hole in %s: %s", source.path, error)
-                            score.errors += 1
-                            suggestion = None
-                        score.add(hole, suggestion)
-                    client.open(source.uri, source.language.language_ids[0], source.text)
+                        score.add(hole, await _suggestion(client, hole, source, score))
+                    client.open(source.uri, source.language_id, source.text)
                     progress.update()
                 for source in sources:
                     client.close(source.uri)
@@ -182,14 +175,33 @@ async def hole_scores(
     return scores
 
 
-def _holes(options: EvalOptions, source: Source, defined_elsewhere: set[str]) -> list[Hole]:
-    name = source.path.name
-    return [
-        *sample_holes(source.text, source.language, options.holes_per_file, options.seed, name),
-        *repository_holes(
-            source.text, defined_elsewhere, options.repository_holes, options.seed, name
-        ),
-    ]
+async def _suggestion(
+    client: CompletionClient, hole: Hole, source: Source, score: HoleScore
+) -> str | None:
+    try:
+        return await client.suggestion(hole, source.uri, source.language_id)
+    except JsonRpcException as error:
+        log.error("the server failed on a hole in %s: %s", source.path, error)
+        score.errors += 1
+        return None
+
+
+def project_holes(
+    options: EvalOptions, sources: list[Source]
+) -> Iterator[tuple[Source, list[Hole]]]:
+    """Each file of one project with its holes: `holes_per_file` of the four kinds, and
+    `repository_holes` lines that use a name only the project's other files define."""
+    defined = {source.uri: definitions(source.text) for source in sources}
+    for source in sources:
+        elsewhere = set().union(*(names for uri, names in defined.items() if uri != source.uri))
+        name, seed = source.path.name, options.seed
+        yield (
+            source,
+            [
+                *sample_holes(source.text, source.language, options.holes_per_file, seed, name),
+                *repository_holes(source.text, elsewhere, options.repository_holes, seed, name),
+            ],
+        )
 
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
