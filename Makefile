@@ -97,11 +97,14 @@ quality: venv
 	  --json quality/nano-512.json .corpus/heldout
 	$(BIN)/polycoder-ls eval --model .demo/random-model --holes 0 --json quality/random.json \
 	  .corpus/heldout
-	$(BIN)/python nano/ngram_baseline.py --json quality/trigram.json
-	$(BIN)/polycoder-ls eval --model nano --limit 10 --holes 3 --json quality/nano-holes.json \
-	  .corpus/heldout
-	$(BIN)/polycoder-ls eval --model .demo/random-model --limit 10 --holes 3 \
-	  --json quality/random-holes.json .corpus/heldout
+	$(BIN)/python nano/ngram_baseline.py --json quality/trigram.json \
+	  --holes-json quality/holes-trigram.json --limit 10
+	$(BIN)/polycoder-ls eval --model nano --limit 10 --holes 4 --ablate \
+	  --json quality/holes-nano.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --model .demo/random-model --limit 10 --holes 4 --ablate \
+	  --json quality/holes-random.json .corpus/heldout
+	$(BIN)/polycoder-ls eval --humaneval --model nano --samples 10 --temperatures 0.2,0.8 \
+	  --json quality/humaneval-nano.json
 	$(BIN)/python quality/report.py
 
 readme-table: venv

@@ -1,6 +1,8 @@
 """Render QUALITY.md's tables from the JSON results of `make quality`.
 
-python quality/report.py   (reads quality/{nano,nano-512,trigram,random}.json)
+python quality/report.py   (reads quality/{nano,nano-512,trigram,random}.json, the hole results
+quality/holes-{nano-v2,nano,trigram,random}.json and quality/humaneval-{nano-v2,nano}.json;
+a model whose file is missing is left out)
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # The PolyCoder paper (2.7B model, its unseen test set, per Pygments token).
 PAPER_POLYCODER_2_7B = {"C": 2.3464, "Python": 3.1767, "JavaScript": 3.0611}
+# The PolyCoder paper's HumanEval results for the 2.7B model (percent).
+PAPER_HUMANEVAL_2_7B = {"pass@1": 5.59, "pass@10": 9.84, "pass@100": 17.68}
+HOLE_MODELS = {
+    "nano-v2": "nano v2",
+    "nano": "nano v1",
+    "trigram": "trigram",
+    "random": "random-weight",
+}
+HOLE_KINDS = ("mid-line", "inside-line", "line-end", "empty-line", "repository")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -64,13 +75,88 @@ def holes_table() -> str:
     return "\n".join(rows)
 
 
+def _json(name: str) -> dict[str, Any] | None:
+    path = HERE / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _hole_cell(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "-"
+    return (
+        f"{_percent(summary['shownRate'])} / {_percent(summary['exactMatch'])} "
+        f"/ {_num(summary['editSimilarity'], 3)}"
+    )
+
+
+def hole_kinds_table() -> str:
+    """Hole completion by kind, for each model and condition (FIM, other-file context)."""
+    rows = [
+        "| model | condition | " + " | ".join(HOLE_KINDS) + " | all |",
+        "|---|---|" + "---|" * (len(HOLE_KINDS) + 1),
+    ]
+    for name, label in HOLE_MODELS.items():
+        result = _json(f"holes-{name}")
+        if result is None:
+            continue
+        conditions = result.get("holeConditions") or [
+            {"label": "left to right, no other files", **result}
+        ]
+        for condition in conditions:
+            cells = [_hole_cell(condition["byKind"].get(kind)) for kind in HOLE_KINDS]
+            rows.append(
+                f"| {label} | {condition['label']} | "
+                + " | ".join(cells)
+                + f" | {_hole_cell(condition['all'])} |"
+            )
+    counts = next(
+        (
+            r["holeConditions"][0]
+            for n in HOLE_MODELS
+            if (r := _json(f"holes-{n}")) and "holeConditions" in r
+        ),
+        None,
+    )
+    if counts:
+        holes = ", ".join(f"{kind} {counts['byKind'][kind]['holes']}" for kind in HOLE_KINDS)
+        rows += ["", f"Holes: {holes}; each cell: shown / exact line / edit similarity."]
+    return "\n".join(rows)
+
+
+def humaneval_table() -> str:
+    rows = [
+        "| model | temperature | pass@1 | pass@10 | pass@100 | infilling single-line pass "
+        "| infilling block pass |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("nano-v2", "nano"):
+        result = _json(f"humaneval-{name}")
+        if result is None:
+            continue
+        infilling = result.get("infilling") or {}
+        single = infilling.get("single-line", {}).get("passRate")
+        block = infilling.get("block", {}).get("passRate")
+        for entry in result["temperatures"]:
+            rows.append(
+                f"| {HOLE_MODELS[name]} | {entry['temperature']} "
+                + "".join(f"| {_percent(entry[k], 2)} " for k in ("pass@1", "pass@10", "pass@100"))
+                + f"| {_percent(single, 2) if infilling else 'no FIM'} "
+                f"| {_percent(block, 2) if infilling else 'no FIM'} |"
+            )
+    paper = " | ".join(f"{value:.2f}%" for value in PAPER_HUMANEVAL_2_7B.values())
+    rows.append(f"| PolyCoder 2.7B (paper) | best of 0.2-0.8 | {paper} | - | - |")
+    return "\n".join(rows)
+
+
 def _sci(value: float | None) -> str:
     return "-" if value is None else f"{value:.1e}"
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
+def _percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
 if __name__ == "__main__":
     print("## Perplexity\n\n" + perplexity_table() + "\n\n## Hole completion\n\n" + holes_table())
+    print("\n## Hole completion by kind and condition\n\n" + hole_kinds_table())
+    print("\n## HumanEval\n\n" + humaneval_table())

@@ -13,6 +13,7 @@ after it, and the completed program is executed the same way.
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ TOP_P = 0.95
 PASS_AT = (1, 10, 100)
 BLOCK_LINES = (2, 4)
 INFILL_KINDS = ("single-line", "block")
+_ERROR_NAME = re.compile(r"failed: ([A-Za-z_][\w.]*)(?::|$)")
 
 
 @dataclass(frozen=True)
@@ -280,10 +282,13 @@ def _mean(rates: list[float | None]) -> float | None:
 
 
 def _result_counts(outcomes: list[Outcome]) -> dict[str, int]:
-    """How many passed, timed out, and failed, by the first word of the error."""
+    """How many passed, timed out, and failed, by the name of the error ("other" when the
+    program's last line names none)."""
     counts: dict[str, int] = {}
     for outcome in outcomes:
-        name = outcome.result.split(":", 2)[1].strip() if ":" in outcome.result else outcome.result
+        failed = _ERROR_NAME.match(outcome.result)
+        name = outcome.result if not outcome.result.startswith("failed") else "other"
+        name = failed.group(1) if failed else name
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -199,6 +199,9 @@ def test_eval_humaneval_reports_pass_at_k_as_the_packages_own_execution_judges(
             judged = check_correctness(task, sample["completion"], timeout=5.0)
             assert judged["passed"] == (sample["result"] == "passed"), sample
             passed[sample["task_id"]] = passed.get(sample["task_id"], 0) + judged["passed"]
+        results = entry["results"]  # by error name: what went wrong, at a glance
+        assert sum(results.values()) == len(entry["samples"])
+        assert all(re.fullmatch(r"[A-Za-z_][\w.]*|timed out", name) for name in results)
         samples = 1 if entry is greedy else 2
         expected = sum(pass_at_k(samples, count, 1) or 0 for count in passed.values()) / 3
         assert entry["pass@1"] == pytest.approx(expected, abs=1e-4)
