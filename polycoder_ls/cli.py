@@ -229,11 +229,13 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def _temperatures(text: str) -> tuple[float, ...] | None:
+    """The comma-separated temperatures, each checked as the `temperature` setting is."""
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
         return None
-    return values if all(0 <= value <= 5 for value in values) else None
+    valid = all(not apply_settings(Settings(), {"temperature": value})[1] for value in values)
+    return values if valid else None
 
 
 def run_eval(args: argparse.Namespace) -> int:

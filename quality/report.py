@@ -95,6 +95,7 @@ def hole_kinds_table() -> str:
         "| model | condition | " + " | ".join(HOLE_KINDS) + " | all |",
         "|---|---|" + "---|" * (len(HOLE_KINDS) + 1),
     ]
+    counts = None
     for name, label in HOLE_MODELS.items():
         result = _json(f"holes-{name}")
         if result is None:
@@ -102,6 +103,7 @@ def hole_kinds_table() -> str:
         conditions = result.get("holeConditions") or [
             {"label": "left to right, no other files", **result}
         ]
+        counts = counts or conditions[0]
         for condition in conditions:
             cells = [_hole_cell(condition["byKind"].get(kind)) for kind in HOLE_KINDS]
             rows.append(
@@ -109,14 +111,6 @@ def hole_kinds_table() -> str:
                 + " | ".join(cells)
                 + f" | {_hole_cell(condition['all'])} |"
             )
-    counts = next(
-        (
-            r["holeConditions"][0]
-            for n in HOLE_MODELS
-            if (r := _json(f"holes-{n}")) and "holeConditions" in r
-        ),
-        None,
-    )
     if counts:
         holes = ", ".join(f"{kind} {counts['byKind'][kind]['holes']}" for kind in HOLE_KINDS)
         rows += ["", f"Holes: {holes}; each cell: shown / exact line / edit similarity."]

@@ -48,7 +48,8 @@ class Problem:
     test: str
 
     def program(self, body: str) -> str:
-        """The prompt stripped as the model saw it, `body`, and the problem's tests run."""
+        """`body` (the prompt as the model saw it and its completion), then the problem's tests
+        run on it."""
         return f"{body}\n{self.test}\ncheck({self.entry_point})\n"
 
 
@@ -140,7 +141,6 @@ class HumanEvalRunner:
     """One loaded model answering HumanEval through the engine's decoder."""
 
     def __init__(self, options: HumanEvalOptions, loaded: LoadedModel | None = None) -> None:
-        self.options = options
         self.settings = replace(options.settings, max_new_tokens=MAX_NEW_TOKENS)
         self.loaded = loaded or load_model(self.settings)
         self.generator = Generator(self.loaded)
@@ -175,10 +175,9 @@ class HumanEvalRunner:
         """`samples` completions of the problem's prompt (one when greedy)."""
         params = DecodeParams(self.new_tokens, temperature, TOP_P)
         prompt = problem.prompt.rstrip()
-        finished = _has_stop
         count = samples if temperature > 0 else 1
         return [
-            truncate(self._decode(problem.task_id, prompt, "", params, finished))
+            truncate(self._decode(problem.task_id, prompt, "", params, _has_stop))
             for _ in range(count)
         ]
 
@@ -186,7 +185,7 @@ class HumanEvalRunner:
         """The model's middle for the hole (greedy); its first line for a single-line hole."""
         params = DecodeParams(self.new_tokens, 0.0, TOP_P)
         single = task.kind == "single-line"
-        finished = _has_line_end if single else _never_finished
+        finished = _has_line_end if single else _never
         middle = self._decode(task.problem.task_id, task.prefix, task.suffix, params, finished)
         return middle.split("\n", 1)[0] if single else middle
 
@@ -286,9 +285,10 @@ def _result_counts(outcomes: list[Outcome]) -> dict[str, int]:
     program's last line names none)."""
     counts: dict[str, int] = {}
     for outcome in outcomes:
-        failed = _ERROR_NAME.match(outcome.result)
-        name = outcome.result if not outcome.result.startswith("failed") else "other"
-        name = failed.group(1) if failed else name
+        if failed := _ERROR_NAME.match(outcome.result):
+            name = failed.group(1)
+        else:
+            name = "other" if outcome.result.startswith("failed") else outcome.result
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 
@@ -301,11 +301,7 @@ def _has_line_end(text: str) -> bool:
     return "\n" in text
 
 
-def _never_finished(_text: str) -> bool:
-    return False
-
-
-def _never() -> bool:
+def _never(*_: object) -> bool:
     return False
 
 
