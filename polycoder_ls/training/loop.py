@@ -63,11 +63,14 @@ class TrainOptions:
     FIM tokens (a new tokenizer has StarCoder's); 0: left to right only."""
 
 
-def cpu_has_amx() -> bool:
+def cpu_trains_faster_in_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AMX or AVX512-BF16: bf16 autocast there trains ~2.3x faster than fp32 (nano's shape,
+    AVX512-BF16 without AMX); elsewhere bf16 is emulated and slower."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        flags = cpuinfo.read_text().split()
     except OSError:
         return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _new_model(options: TrainOptions, tokenizer: Any) -> Any:
@@ -215,7 +218,7 @@ def train(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1
     )
-    autocast = (device == "cpu" and cpu_has_amx()) or device.startswith("cuda")
+    autocast = (device == "cpu" and cpu_trains_faster_in_bf16()) or device.startswith("cuda")
     schedule = _Schedule(options, peak_lr, seconds)
     rng = random.Random(options.seed)
     options.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.loading import load_model
 from polycoder_ls.training.data import load_dataset
-from polycoder_ls.training.loop import TrainOptions, train
+from polycoder_ls.training.loop import TrainOptions, cpu_trains_faster_in_bf16, train
 
 STDLIB = Path(json.__file__).parent.parent
 
@@ -116,3 +116,16 @@ def test_a_time_budget_covers_the_whole_run(tmp_path: Path):
     assert wall_minutes <= budget_minutes * 1.2, (wall_minutes, report)
     assert report["trainingMinutes"] + report["evaluationMinutes"] <= report["minutes"]
     assert "s/s" not in done.stderr
+
+
+def test_bf16_training_only_where_the_cpu_has_bf16_instructions(tmp_path: Path):
+    def cpu(flags: str) -> Path:
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n")
+        return path
+
+    assert cpu_trains_faster_in_bf16(cpu("avx512f avx512_bf16 avx512_vnni"))  # Zen 4
+    assert cpu_trains_faster_in_bf16(cpu("amx_bf16 amx_tile"))  # Sapphire Rapids
+    assert not cpu_trains_faster_in_bf16(cpu("avx512f avx512_vnni"))
+    assert not cpu_trains_faster_in_bf16(cpu("avx_vnni"))
+    assert not cpu_trains_faster_in_bf16(tmp_path / "missing")
