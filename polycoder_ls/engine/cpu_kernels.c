@@ -1,10 +1,14 @@
-/* Memory-bound kernels for one decode step on an x86-64 CPU with AVX2 and FMA.
+/* Memory-bound kernels for one decode step on an x86-64 CPU with AVX2, FMA and F16C.
  *
  * A decode step reads every weight matrix once for a single row of activations, and every
  * cached key and value once for a single query. These loops stream each matrix from memory in
  * its storage order, one contiguous block of rows per thread, with several accumulators so the
  * FMA latency stays hidden behind the loads. Threads come from the OpenMP runtime torch already
  * loaded (libgomp.so.1), so these loops and torch's operators share one thread team.
+ *
+ * A matrix is either float32 or int8 in groups of GROUP consecutive weights of a row, each
+ * group with a float16 scale (weight = int8 value * scale, like ggml's q8_0): a quarter of the
+ * bytes, converted to float32 in registers.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -39,6 +43,41 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return total;
 }
 
+enum { GROUP = 32 };
+
+/* 8 int8 values as 8 floats. */
+static inline __m256 int8x8(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+/* One group: the dot product of GROUP int8 values with GROUP floats, 8 lanes left to add. */
+static inline __m256 group_dot(const int8_t *q, const float *x) {
+    __m256 even = _mm256_mul_ps(int8x8(q), _mm256_loadu_ps(x));
+    __m256 odd = _mm256_mul_ps(int8x8(q + 8), _mm256_loadu_ps(x + 8));
+    even = _mm256_fmadd_ps(int8x8(q + 16), _mm256_loadu_ps(x + 16), even);
+    odd = _mm256_fmadd_ps(int8x8(q + 24), _mm256_loadu_ps(x + 24), odd);
+    return _mm256_add_ps(even, odd);
+}
+
+/* The dot product of a row of n int8 weights (n a multiple of GROUP) with x[n]. */
+static inline float dot_int8(const int8_t *q, const uint16_t *scales, const float *x, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t group = 0, groups = n / GROUP;
+    for (; group + 2 <= groups; group += 2) {
+        const int64_t at = group * GROUP;
+        acc0 = _mm256_fmadd_ps(group_dot(q + at, x + at), _mm256_set1_ps(_cvtsh_ss(scales[group])),
+                               acc0);
+        acc1 = _mm256_fmadd_ps(group_dot(q + at + GROUP, x + at + GROUP),
+                               _mm256_set1_ps(_cvtsh_ss(scales[group + 1])), acc1);
+    }
+    if (group < groups) {
+        const int64_t at = group * GROUP;
+        acc0 = _mm256_fmadd_ps(group_dot(q + at, x + at), _mm256_set1_ps(_cvtsh_ss(scales[group])),
+                               acc0);
+    }
+    return sum8(_mm256_add_ps(acc0, acc1));
+}
+
 /* out += weight * row, over n floats. */
 static inline void axpy(float *out, float weight, const float *row, int64_t n) {
     __m256 w = _mm256_set1_ps(weight);
@@ -60,12 +99,18 @@ static inline float gelu(float x) {
 }
 
 /* y = weight[out_features, in_features] @ x + bias (bias may be NULL), rows shared among the
- * threads of the enclosing parallel region; STORE_GELU applies the exact GELU, ADD adds to y. */
-static void gemv_rows(const float *weight, const float *x, const float *bias, float *y,
-                      int64_t out_features, int64_t in_features, enum row_output output) {
+ * threads of the enclosing parallel region; STORE_GELU applies the exact GELU, ADD adds to y.
+ * Without scales the weight is float32; with them int8 with in_features / GROUP scales a row. */
+static void gemv_rows(const void *weight, const uint16_t *scales, const float *x,
+                      const float *bias, float *y, int64_t out_features, int64_t in_features,
+                      enum row_output output) {
+    const int64_t groups = in_features / GROUP;
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < out_features; row++) {
-        float value = dot(weight + row * in_features, x, in_features) + (bias ? bias[row] : 0.0f);
+        float value = scales ? dot_int8((const int8_t *)weight + row * in_features,
+                                        scales + row * groups, x, in_features)
+                             : dot((const float *)weight + row * in_features, x, in_features);
+        value += bias ? bias[row] : 0.0f;
         if (output == STORE_GELU) {
             value = gelu(value);
         }
@@ -73,10 +118,10 @@ static void gemv_rows(const float *weight, const float *x, const float *bias, fl
     }
 }
 
-void pcls_gemv(const float *weight, const float *x, const float *bias, float *y,
-               int64_t out_features, int64_t in_features, int threads) {
+void pcls_gemv(const void *weight, const uint16_t *scales, const float *x, const float *bias,
+               float *y, int64_t out_features, int64_t in_features, int threads) {
 #pragma omp parallel num_threads(threads)
-    gemv_rows(weight, x, bias, y, out_features, in_features, STORE);
+    gemv_rows(weight, scales, x, bias, y, out_features, in_features, STORE);
 }
 
 /* s[i] = exp(s[i] - largest) over `length` scores; returns their sum. */
@@ -239,7 +284,7 @@ struct neox_shape {
 enum layer_pointer {
     INPUT_NORM_WEIGHT, INPUT_NORM_BIAS, QKV_WEIGHT, QKV_BIAS, DENSE_WEIGHT, DENSE_BIAS,
     POST_NORM_WEIGHT, POST_NORM_BIAS, FC_IN_WEIGHT, FC_IN_BIAS, FC_OUT_WEIGHT, FC_OUT_BIAS,
-    KEYS, VALUES, LAYER_POINTERS
+    QKV_SCALES, DENSE_SCALES, FC_IN_SCALES, FC_OUT_SCALES, KEYS, VALUES, LAYER_POINTERS
 };
 
 /* Workspace floats pcls_neox_token_step needs. */
@@ -250,12 +295,14 @@ int64_t pcls_neox_workspace(const struct neox_shape *shape) {
 /* One new token through a whole GPT-NeoX model (exact GELU, layer norms, rotary embedding), in
  * one parallel region: `embedding` is the token's input embedding [hidden]; each layer's
  * caches are [heads][head_strides[layer]] floats with room for row `position`, which is written;
- * logits[vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). */
+ * logits[vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix
+ * whose scales are NULL is float32, else int8 (gemv_rows). */
 void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding,
-                          float *const *layer_pointers, const int64_t *head_strides,
+                          void *const *layer_pointers, const int64_t *head_strides,
                           const float *cos, const float *sin, const float *final_norm_weight,
-                          const float *final_norm_bias, const float *head_weight,
-                          const float *head_bias, float *workspace, float *logits, int threads) {
+                          const float *final_norm_bias, const void *head_weight,
+                          const uint16_t *head_scales, const float *head_bias, float *workspace,
+                          float *logits, int threads) {
     const int64_t hidden = shape->hidden, heads = shape->heads, dim = shape->head_dim;
     const int64_t length = shape->position + 1;
     float *x = workspace, *normed = x + hidden, *qkv = normed + hidden;
@@ -267,19 +314,21 @@ void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding
 #pragma omp parallel num_threads(threads)
     {
         for (int64_t layer = 0; layer < shape->layers; layer++) {
-            float *const *p = layer_pointers + layer * LAYER_POINTERS;
+            void *const *p = layer_pointers + layer * LAYER_POINTERS;
 #pragma omp single
             layer_norm(x, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS], normed, hidden, shape->eps);
-            gemv_rows(p[QKV_WEIGHT], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden, STORE);
+            gemv_rows(p[QKV_WEIGHT], p[QKV_SCALES], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden,
+                      STORE);
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < heads; head++) {
                 neox_attend_head(qkv + head * 3 * dim, cos, sin, shape->rotary_dim,
-                                 p[KEYS] + head * head_strides[layer],
-                                 p[VALUES] + head * head_strides[layer], shape->position,
+                                 (float *)p[KEYS] + head * head_strides[layer],
+                                 (float *)p[VALUES] + head * head_strides[layer], shape->position,
                                  attended + head * dim, scores + head * length, dim,
                                  shape->scale);
             }
-            gemv_rows(p[DENSE_WEIGHT], attended, p[DENSE_BIAS], projected, hidden, hidden, STORE);
+            gemv_rows(p[DENSE_WEIGHT], p[DENSE_SCALES], attended, p[DENSE_BIAS], projected,
+                      hidden, hidden, STORE);
 #pragma omp single
             {
                 const float *norm_weight = p[POST_NORM_WEIGHT], *norm_bias = p[POST_NORM_BIAS];
@@ -291,13 +340,14 @@ void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding
                     layer_norm(x, norm_weight, norm_bias, normed, hidden, shape->eps);
                 }
             }
-            gemv_rows(p[FC_IN_WEIGHT], normed, p[FC_IN_BIAS], expanded, shape->intermediate,
-                      hidden, STORE_GELU);
-            gemv_rows(p[FC_OUT_WEIGHT], expanded, p[FC_OUT_BIAS], x, hidden, shape->intermediate,
-                      ADD);
+            gemv_rows(p[FC_IN_WEIGHT], p[FC_IN_SCALES], normed, p[FC_IN_BIAS], expanded,
+                      shape->intermediate, hidden, STORE_GELU);
+            gemv_rows(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], expanded, p[FC_OUT_BIAS], x, hidden,
+                      shape->intermediate, ADD);
         }
 #pragma omp single
         layer_norm(x, final_norm_weight, final_norm_bias, normed, hidden, shape->eps);
-        gemv_rows(head_weight, normed, head_bias, logits, shape->vocab, hidden, STORE);
+        gemv_rows(head_weight, head_scales, normed, head_bias, logits, shape->vocab, hidden,
+                  STORE);
     }
 }

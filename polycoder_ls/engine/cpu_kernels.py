@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # -ffast-math lets gcc vectorize expf through glibc's libmvec; the kernels never see inf/nan
 # unless the model itself overflows.
-COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+COMPILE_FLAGS = (
+    "-O3", "-mavx2", "-mfma", "-mf16c", "-ffast-math", "-fopenmp", "-shared", "-fPIC"
+)  # fmt: skip
+GROUP = 32
+"""int8 weights come in groups of this many consecutive weights of a row, one scale each."""
 ATTENTION_NAME = "polycoder_cpu"
 
 _POINTER = ctypes.c_void_p
@@ -98,6 +102,15 @@ def _cpu_has_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
 
 
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 class NeoXShape(ctypes.Structure):
     """`struct neox_shape` of cpu_kernels.c: a GPT-NeoX model's sizes and the step's position."""
 
@@ -120,8 +133,10 @@ class CpuKernels:
     def load(cls) -> CpuKernels:
         """Build (once per source version) and load the kernels; raise KernelUnavailable."""
         if not _cpu_has_avx2():
-            raise KernelUnavailable("the CPU lacks AVX2/FMA")
-        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode())
+            raise KernelUnavailable("the CPU lacks AVX2/FMA/F16C")
+        compiler = _compiler()
+        key = [SOURCE.read_bytes(), " ".join(COMPILE_FLAGS), compiler, _compiler_version(compiler)]
+        digest = hashlib.sha256(repr(key).encode())
         library_path = _cache_directory() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
         try:
             remove_unfinished_builds()
@@ -131,23 +146,24 @@ class CpuKernels:
             library = ctypes.CDLL(str(library_path))
         except OSError as error:
             raise KernelUnavailable(f"cannot build or load {library_path}: {error}") from error
-        library.pcls_gemv.argtypes = [_POINTER] * 4 + [_INT, _INT, ctypes.c_int]
+        library.pcls_gemv.argtypes = [_POINTER] * 5 + [_INT, _INT, ctypes.c_int]
         library.pcls_gemv.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
         library.pcls_neox_workspace.argtypes = [_POINTER]
         library.pcls_neox_workspace.restype = _INT
-        library.pcls_neox_token_step.argtypes = [_POINTER] * 12 + [ctypes.c_int]
+        library.pcls_neox_token_step.argtypes = [_POINTER] * 13 + [ctypes.c_int]
         library.pcls_neox_token_step.restype = None
         return cls(library)
 
     def gemv(
-        self, weight: torch.Tensor, row: torch.Tensor, bias: torch.Tensor | None
+        self, weight: torch.Tensor | Int8Weight, row: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """`weight @ row + bias` for a contiguous float32 weight [out, in] and row [in]."""
+        """`weight @ row + bias` for a contiguous float32 (or int8) weight [out, in] and a
+        float32 row [in]."""
         out = torch.empty(weight.shape[0], dtype=torch.float32)
         self.library.pcls_gemv(
-            weight.data_ptr(),
+            *weight_pointers(weight),
             row.data_ptr(),
             optional_pointer(bias),
             out.data_ptr(),
@@ -188,7 +204,7 @@ class CpuKernels:
         head_strides: list[int],
         rotary: tuple[torch.Tensor, torch.Tensor],
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
-        head: tuple[torch.Tensor, torch.Tensor | None],
+        head: tuple[torch.Tensor | Int8Weight, torch.Tensor | None],
     ) -> torch.Tensor:
         """One token through a whole GPT-NeoX model (pcls_neox_token_step in cpu_kernels.c):
         `layer_pointers` holds each layer's weights, biases and cache rows in the C order,
@@ -202,7 +218,9 @@ class CpuKernels:
             (_INT * len(head_strides))(*head_strides),
             rotary[0].data_ptr(),
             rotary[1].data_ptr(),
-            *(optional_pointer(tensor) for tensor in (*final_norm, *head)),
+            *(optional_pointer(tensor) for tensor in final_norm),
+            *weight_pointers(head[0]),
+            optional_pointer(head[1]),
             workspace.data_ptr(),
             logits.data_ptr(),
             torch.get_num_threads(),
@@ -214,26 +232,78 @@ def optional_pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+@dataclass(frozen=True)
+class Int8Weight:
+    """A matrix [out, in] as int8 in groups of GROUP consecutive weights of a row, each group
+    with a float16 scale: weight = value * scale (ggml's q8_0 layout, row by row)."""
+
+    values: torch.Tensor
+    """int8 [out, in], contiguous."""
+    scales: torch.Tensor
+    """float16 [out, in // GROUP], contiguous."""
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> Int8Weight:
+        """Round to nearest on a scale of each group's largest magnitude / 127."""
+        groups = weight.detach().float().reshape(weight.shape[0], -1, GROUP)
+        scales = (groups.abs().amax(dim=-1) / 127).to(torch.float16)
+        wide = scales.float().unsqueeze(-1)
+        values = torch.where(wide > 0, groups / wide, 0.0).round().clamp(-127, 127)
+        return cls(values.to(torch.int8).reshape(weight.shape).contiguous(), scales.contiguous())
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix these values stand for."""
+        groups = self.values.reshape(self.shape[0], -1, GROUP).float()
+        return (groups * self.scales.float().unsqueeze(-1)).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.scales.nbytes
+
+
+def weight_pointers(weight: torch.Tensor | Int8Weight) -> tuple[int, int | None]:
+    """The C kernels' (weight, scales) pointers: no scales for a float32 matrix."""
+    if isinstance(weight, Int8Weight):
+        return weight.values.data_ptr(), weight.scales.data_ptr()
+    return weight.data_ptr(), None
+
+
 def _is_plain_float32(tensor: torch.Tensor) -> bool:
     return tensor.dtype == torch.float32 and tensor.device.type == "cpu"
 
 
 class KernelLinear(nn.Linear):
-    """`nn.Linear` whose single-row products (decode steps) run on the CPU kernel."""
+    """`nn.Linear` whose single-row products (decode steps) run on the CPU kernel. With int8
+    weights, `weight` holds their float32 values (what every other product uses)."""
 
     kernels: CpuKernels
+    int8: Int8Weight | None
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, kernels: CpuKernels) -> KernelLinear:
+    def wrap(cls, linear: nn.Linear, kernels: CpuKernels, int8: bool) -> KernelLinear:
         swapped = cls.__new__(cls)
         swapped.__dict__.update(linear.__dict__)
         swapped.kernels = kernels
+        swapped.int8 = None
+        if int8 and linear.in_features % GROUP == 0:
+            swapped.int8 = Int8Weight.quantize(linear.weight)
+            with torch.no_grad():
+                linear.weight.copy_(swapped.int8.dequantize())
         return swapped
+
+    @property
+    def decode_weight(self) -> torch.Tensor | Int8Weight:
+        """The weight the single-row products read."""
+        return self.weight if self.int8 is None else self.int8
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.numel() != self.in_features or not _is_plain_float32(hidden):
             return functional.linear(hidden, self.weight, self.bias)
-        out = self.kernels.gemv(self.weight, hidden.contiguous(), self.bias)
+        out = self.kernels.gemv(self.decode_weight, hidden.contiguous(), self.bias)
         return out.view(*hidden.shape[:-1], self.out_features)
 
 
@@ -276,9 +346,11 @@ def _kernel_attention(kernels: CpuKernels) -> Any:
     return attention
 
 
-def use_cpu_kernels(model: nn.Module) -> CpuKernels | None:
+def use_cpu_kernels(model: nn.Module, int8: bool = False) -> CpuKernels | None:
     """Run `model`'s single-row products and single-query attention on the CPU kernels and
-    return them; None (and a log line) where they cannot run, leaving the model as it was."""
+    return them; None (and a log line) where they cannot run, leaving the model as it was.
+    `int8`: every linear layer whose input size is a multiple of GROUP gets int8 weights; its
+    float32 weight becomes their values, so every path computes with the same weights."""
     try:
         kernels = CpuKernels.load()
     except KernelUnavailable as reason:
@@ -294,7 +366,7 @@ def use_cpu_kernels(model: nn.Module) -> CpuKernels | None:
         if type(child) is nn.Linear
     ]
     for parent, name, child in swaps:
-        setattr(parent, name, KernelLinear.wrap(child, kernels))
+        setattr(parent, name, KernelLinear.wrap(child, kernels, int8))
     AttentionInterface.register(ATTENTION_NAME, _kernel_attention(kernels))
     # Without a mask function of its own, transformers would hand this attention no mask at all,
     # and SDPA's top-left causal mask is wrong for a chunk that follows cached tokens.
@@ -303,5 +375,5 @@ def use_cpu_kernels(model: nn.Module) -> CpuKernels | None:
         model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
     except (AttributeError, ValueError) as reason:
         log.warning("%s keeps its own attention: %s", type(model).__name__, reason)
-    log.info("CPU decode kernels in use (%d linear layers)", len(swaps))
+    log.info("CPU decode kernels in use (%d linear layers%s)", len(swaps), ", int8" * int8)
     return kernels

@@ -56,9 +56,12 @@ class LoadedModel:
     fim: FimTokens | None = None
     """The fill-in-the-middle format in use (the `fim` setting against this tokenizer)."""
 
+    int8: bool = False
+    """Linear layers hold int8 weights (on the CPU kernels); `dtype` is their values' type."""
+
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:
         # A lone surrogate (a JSON "\ud83d" from the client) is no character the tokenizer
@@ -144,7 +147,10 @@ def _cuda_device_exists(setting: str) -> bool:
 
 
 def pick_dtype(setting: str, device: str) -> torch.dtype:
-    if setting != "auto":
+    """The torch dtype of the model's tensors (int8 weights keep float32 values beside them)."""
+    if setting == "int8" and device == "cpu":
+        return torch.float32
+    if setting not in {"auto", "int8"}:
         return DTYPES[setting]
     return torch.float32 if device == "cpu" else torch.float16
 
@@ -176,6 +182,9 @@ def load_model(settings: Settings) -> LoadedModel:
     directory = local_directory(source)
     device, device_notice = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
+    notices: tuple[str, ...] = () if device_notice is None else (device_notice,)
+    if settings.dtype == "int8" and device != "cpu":
+        notices += (f"dtype int8 runs on the CPU only: {device} uses float16",)
     use_threads(settings, device)
     log.info("loading %s on %s as %s", source, device, dtype)
     try:
@@ -183,9 +192,13 @@ def load_model(settings: Settings) -> LoadedModel:
         model.to(device).eval()
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
         raise ModelLoadError(f"cannot load model '{source}': {first_line(str(error))}") from error
-    token_step = None
-    if device == "cpu" and dtype == torch.float32 and (kernels := use_cpu_kernels(model)):
+    token_step, int8 = None, settings.dtype == "int8" and device == "cpu"
+    kernels = use_cpu_kernels(model, int8) if device == "cpu" and dtype == torch.float32 else None
+    if kernels is not None:
         token_step = NeoXTokenStep.for_model(model, kernels)
+    elif int8:
+        notices += ("dtype int8 needs the CPU decode kernels (see the log): using float32",)
+        int8 = False
     return _loaded(
         settings.model,
         source,
@@ -196,7 +209,8 @@ def load_model(settings: Settings) -> LoadedModel:
         device=device,
         dtype=dtype,
         token_step=token_step,
-        notices=() if device_notice is None else (device_notice,),
+        notices=notices,
+        int8=int8,
     )
 
 
@@ -234,6 +248,7 @@ def _loaded(
     dtype: torch.dtype = torch.float32,
     token_step: NeoXTokenStep | None = None,
     notices: tuple[str, ...] = (),
+    int8: bool = False,
 ) -> LoadedModel:
     vocab_limit = min(len(tokenizer), config.get_text_config().vocab_size)
     vocabulary = {token: id for token, id in tokenizer.get_vocab().items() if id < vocab_limit}
@@ -260,6 +275,7 @@ def _loaded(
         bos_id=_added_bos(tokenizer),
         token_texts=_token_texts(tokenizer, vocab_limit),
         fim=fim,
+        int8=int8,
     )
 
 

@@ -13,34 +13,47 @@ other call run transformers' forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from .cpu_kernels import CpuKernels, NeoXShape, optional_pointer
+from .cpu_kernels import CpuKernels, Int8Weight, NeoXShape, weight_pointers
 from .kv_cache import PreallocatedLayer
+
+
+def _decode_weight(path: str) -> Callable[[Any], torch.Tensor | Int8Weight]:
+    """The weight a linear layer's single-row products read (int8 where it has them)."""
+    module = attrgetter(path)
+    return lambda layer: getattr(module(layer), "decode_weight", module(layer).weight)
+
 
 # Each layer's tensors in the order of `enum layer_pointer` in cpu_kernels.c (then its keys and
 # values); a missing bias is None.
-_LAYER_TENSORS = tuple(
-    attrgetter(path)
-    for path in (
-        "input_layernorm.weight",
-        "input_layernorm.bias",
-        "attention.query_key_value.weight",
-        "attention.query_key_value.bias",
-        "attention.dense.weight",
-        "attention.dense.bias",
-        "post_attention_layernorm.weight",
-        "post_attention_layernorm.bias",
-        "mlp.dense_h_to_4h.weight",
-        "mlp.dense_h_to_4h.bias",
-        "mlp.dense_4h_to_h.weight",
-        "mlp.dense_4h_to_h.bias",
-    )
+_LAYER_TENSORS = (
+    attrgetter("input_layernorm.weight"),
+    attrgetter("input_layernorm.bias"),
+    _decode_weight("attention.query_key_value"),
+    attrgetter("attention.query_key_value.bias"),
+    _decode_weight("attention.dense"),
+    attrgetter("attention.dense.bias"),
+    attrgetter("post_attention_layernorm.weight"),
+    attrgetter("post_attention_layernorm.bias"),
+    _decode_weight("mlp.dense_h_to_4h"),
+    attrgetter("mlp.dense_h_to_4h.bias"),
+    _decode_weight("mlp.dense_4h_to_h"),
+    attrgetter("mlp.dense_4h_to_h.bias"),
 )
+_MATRICES = (2, 4, 8, 10)
+
+
+def _layer_pointers(tensors: list[Any]) -> list[int | None]:
+    """A layer's pointers in the C order up to its keys and values: its tensors, then the
+    scales of its matrices (None for float32 ones)."""
+    pointers = [None if tensor is None else weight_pointers(tensor)[0] for tensor in tensors]
+    return pointers + [weight_pointers(tensors[index])[1] for index in _MATRICES]
 
 
 class NeoXTokenStep:
@@ -55,7 +68,7 @@ class NeoXTokenStep:
         self.layers = list(base.layers)
         # The tensors stay referenced, so their pointers stay valid for the step's lifetime.
         self._weights = [[tensor(layer) for tensor in _LAYER_TENSORS] for layer in self.layers]
-        self._weight_pointers = [list(map(optional_pointer, weights)) for weights in self._weights]
+        self._weight_pointers = list(map(_layer_pointers, self._weights))
         attention = self.layers[0].attention
         self.shape = dict(
             layers=len(self.layers),
@@ -105,10 +118,10 @@ class NeoXTokenStep:
         cos, sin = self.model.gpt_neox.rotary_emb(embedding, torch.tensor([[position]]))
         pointers: list[int | None] = []
         head_strides = []
-        for weight_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
+        for layer_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
             assert isinstance(cache_layer, PreallocatedLayer)
             keys, values = cache_layer.append_row()
-            pointers += [*weight_pointers, keys.data_ptr(), values.data_ptr()]
+            pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
             head_strides.append(keys.stride(0))
         final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
         return self.kernels.neox_token_step(
@@ -118,5 +131,5 @@ class NeoXTokenStep:
             head_strides,
             (cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()),
             (final_norm.weight, final_norm.bias),
-            (head.weight, head.bias),
+            (getattr(head, "decode_weight", head.weight), head.bias),
         )

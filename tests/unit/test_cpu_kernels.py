@@ -9,13 +9,19 @@ from typing import Any
 
 import pytest
 import torch
+from reference import ReferenceModel
 from torch import nn
 from torch.nn import functional
 from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine import cpu_kernels
-from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelLinear, use_cpu_kernels
+from polycoder_ls.engine.cpu_kernels import (
+    CpuKernels,
+    Int8Weight,
+    KernelLinear,
+    use_cpu_kernels,
+)
 from polycoder_ls.engine.generate import DecodeParams, Generator
 from polycoder_ls.engine.kv_cache import preallocated_cache
 from polycoder_ls.engine.loading import load_model
@@ -56,11 +62,81 @@ def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
     torch.manual_seed(0)
     for bias in (True, False):
         linear = nn.Linear(24, 40, bias=bias)
-        swapped = KernelLinear.wrap(linear, kernels)
+        swapped = KernelLinear.wrap(linear, kernels, int8=False)
         for shape in ((1, 1, 24), (24,), (2, 5, 24)):
             hidden = torch.randn(*shape)
             torch.testing.assert_close(swapped(hidden), linear(hidden))
         assert swapped.weight is linear.weight
+
+
+def _reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q8_0's rule, group by group in plain Python: scale = largest magnitude / 127 (stored as
+    float16), value = the nearest integer to weight / scale. Returns (values, scales)."""
+    values = torch.zeros(weight.shape, dtype=torch.int8)
+    scales = torch.zeros(weight.shape[0], weight.shape[1] // 32, dtype=torch.float16)
+    for row in range(weight.shape[0]):
+        for group in range(weight.shape[1] // 32):
+            chunk = [float(w) for w in weight[row, 32 * group : 32 * group + 32]]
+            scale = float(torch.tensor(max(map(abs, chunk)) / 127, dtype=torch.float16))
+            scales[row, group] = scale
+            for i, w in enumerate(chunk):
+                values[row, 32 * group + i] = max(-127, min(127, round(w / scale))) if scale else 0
+    return values, scales
+
+
+def test_int8_weights_follow_q8_0s_rule():
+    torch.manual_seed(3)
+    weight = torch.randn(5, 96) * torch.tensor([1e-3, 1.0, 30.0]).repeat_interleave(32)
+    weight[2, 32:64] = 0.0  # a group of zeros has scale 0
+    quantized = Int8Weight.quantize(weight)
+    values, scales = _reference_int8(weight)
+    assert quantized.values.dtype == torch.int8 and quantized.scales.dtype == torch.float16
+    assert torch.equal(quantized.scales, scales)
+    # Ties (x.5) may round either way between the two; nothing else may differ.
+    assert (quantized.values.int() - values.int()).abs().max() <= 1
+    assert (quantized.values != values).float().mean() < 0.01
+    error = (quantized.dequantize() - weight).abs()
+    assert (error <= scales.float().repeat_interleave(32, dim=1) * 0.51).all()
+    assert quantized.values.abs().max() == 127
+    assert quantized.nbytes == 5 * 96 + 5 * 3 * 2
+
+
+@pytest.mark.parametrize(("inputs", "outputs"), [(96, 7), (768, 50), (3072, 768), (64, 1)])
+def test_int8_matrix_vector_product_matches_its_float_values(kernels, inputs, outputs):
+    torch.manual_seed(inputs)
+    weight, row, bias = torch.randn(outputs, inputs), torch.randn(inputs), torch.randn(outputs)
+    quantized = Int8Weight.quantize(weight)
+    values, scales = _reference_int8(weight) if inputs < 1000 else (None, None)
+    dequantized = quantized.values.double() * quantized.scales.double().repeat_interleave(32, 1)
+    expected = (dequantized @ row.double() + bias.double()).float()
+    close = {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(kernels.gemv(quantized, row, bias), expected, **close)
+    torch.testing.assert_close(kernels.gemv(quantized, row, None), expected - bias, **close)
+    if values is not None:
+        from_reference = values.double() * scales.double().repeat_interleave(32, 1)
+        torch.testing.assert_close(
+            kernels.gemv(quantized, row, None), (from_reference @ row.double()).float(), **close
+        )
+
+
+def test_an_int8_kernel_linear_computes_with_its_int8_values_on_every_path(kernels):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 40)
+    original = linear.weight.detach().clone()
+    swapped = KernelLinear.wrap(linear, kernels, int8=True)
+    assert swapped.int8 is not None
+    values, scales = _reference_int8(original)
+    dequantized = (values.float() * scales.float().repeat_interleave(32, 1)).reshape(40, 64)
+    torch.testing.assert_close(swapped.weight.detach(), dequantized, rtol=0, atol=1e-6)
+    reference = nn.Linear(64, 40)
+    with torch.no_grad():
+        reference.weight.copy_(dequantized)
+        reference.bias.copy_(linear.bias)
+    for shape in ((1, 1, 64), (64,), (2, 5, 64)):
+        hidden = torch.randn(*shape)
+        torch.testing.assert_close(swapped(hidden), reference(hidden), rtol=1e-4, atol=1e-4)
+    odd = KernelLinear.wrap(nn.Linear(24, 8), kernels, int8=True)
+    assert odd.int8 is None, "inputs not a multiple of 32 stay float32"
 
 
 def _decode_logits(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
@@ -112,17 +188,38 @@ def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeo
     ).eval()
 
 
+def _with_int8_values(model: GPTNeoXForCausalLM) -> GPTNeoXForCausalLM:
+    """`model` with every linear layer's weight replaced by its q8_0 values (_reference_int8)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
+                values, scales = _reference_int8(module.weight)
+                wide = scales.float().repeat_interleave(32, dim=1)
+                module.weight.copy_(values.float() * wide)
+    return model
+
+
 @pytest.mark.parametrize(
-    ("parallel_residual", "rotary_share", "attention_bias"),
-    [(False, 1.0, True), (True, 0.25, True), (True, 1.0, False)],
+    ("parallel_residual", "rotary_share", "attention_bias", "int8"),
+    [
+        (False, 1.0, True, False),
+        (True, 0.25, True, False),
+        (True, 1.0, False, False),
+        (False, 1.0, True, True),
+        (True, 0.25, False, True),
+    ],
 )
 def test_the_whole_model_decode_step_computes_what_transformers_computes(
-    parallel_residual, rotary_share, attention_bias
+    parallel_residual, rotary_share, attention_bias, int8
 ):
     plain = _neox(parallel_residual, rotary_share, attention_bias=attention_bias)
     fast = copy.deepcopy(plain)
-    kernels = use_cpu_kernels(fast)
+    if int8:
+        plain = _with_int8_values(plain)
+    kernels = use_cpu_kernels(fast, int8=int8)
     assert kernels is not None
+    linears = [module for module in fast.modules() if isinstance(module, KernelLinear)]
+    assert all((module.int8 is not None) == int8 for module in linears)
     step = NeoXTokenStep.for_model(fast, kernels)
     assert step is not None
     # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
@@ -167,6 +264,22 @@ def test_the_generator_decodes_with_the_whole_model_step(tiny_model: Path, monke
     assert stats.generated_tokens == 10
     assert len(calls) == 9, "every token after the first comes from the step"
     assert loaded.decode(calls) == text[: len(loaded.decode(calls))]
+
+
+def test_int8_serves_the_greedy_text_of_transformers_on_the_int8_values(tiny_model: Path):
+    loaded = load_model(Settings(model=str(tiny_model), dtype="int8"))
+    assert loaded.dtype_name == "int8" and loaded.token_step is not None
+    linears = [module for module in loaded.model.modules() if isinstance(module, KernelLinear)]
+    assert linears and all(module.int8 is not None for module in linears)
+    reference = ReferenceModel(tiny_model)
+    _with_int8_values(reference.model)
+    greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
+    for start in (5, 200):
+        prompt = [start + (i * 37) % 400 for i in range(70)]
+        text, _ = Generator(loaded).generate(
+            f"doc{start}", prompt, greedy, lambda _: False, lambda: False
+        )
+        assert text == reference.raw_generation(prompt, 24)
 
 
 def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypatch, caplog):

@@ -1,0 +1,287 @@
+"""polycoder-ls beside llama.cpp on the same weights, in one run: prefill of a long prompt and
+decode ms/token for each weight format, each against its memory-bandwidth floor.
+
+    python bench/anchors.py --llama-cpp DIR [--shape 160m] [--rounds 5] [--context 1900]
+        [--tokens 64] --out bench/results/anchors-160m.json
+
+DIR is a llama.cpp source tree built with `make llama-cpp` (build/bin/llama-bench and
+llama-quantize). The model is a random-weight GPT-NeoX of PolyCoder's shape (typing_replay's),
+converted once to GGUF f32, q8_0 and q4_0 (as llama-quantize makes it: the output layer in
+q6_K). Each measurement is a process of its own, 2 threads; the engines take turns, their order
+rotated each round, and the bandwidth is read before each round (this shared machine's moves by
+tens of percent over minutes: compare within one run). Reported: min and median over rounds.
+
+Quality beside the speed: teacher-forced greedy agreement with float32 over the first 16 decode
+steps and the largest logit difference, for our int8 (random weights give flat logits, where
+near-ties flip; `polycoder-ls eval --dtype int8` measures the perplexity cost on real code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+OURS = ("float32", "int8")
+LLAMA_FORMATS = ("f32", "q8_0", "q4_0")
+THREADS = 2
+GREEDY_CHECK_STEPS = 16
+
+
+def _prompt(context: int) -> list[int]:
+    return [3 + (i * 7919) % 8000 for i in range(context)]
+
+
+def measure_ours(model: Path, dtype: str, context: int, tokens: int) -> dict[str, Any]:
+    """One process: the server's engine (Generator: chunked prefill, whole-model decode step)."""
+    from polycoder_ls.config import Settings
+    from polycoder_ls.engine.generate import DecodeParams, Generator
+    from polycoder_ls.engine.loading import load_model
+
+    loaded = load_model(Settings(model=str(model), dtype=dtype, threads=THREADS))
+    params = DecodeParams(max_new_tokens=tokens, temperature=0.0, top_p=1.0)
+    _, stats = Generator(loaded, reuse_kv=False).generate(
+        "anchor", _prompt(context), params, _never, _never
+    )
+    steps = max(1, stats.generated_tokens - 1)
+    return {
+        "prefillMs": round(stats.prefill_ms, 1),
+        "decodeMsPerToken": round(stats.decode_ms / steps, 2),
+        "generatedTokens": stats.generated_tokens,
+    }
+
+
+def _never(*_: Any) -> bool:
+    return False
+
+
+def measure_llama(llama_cpp: Path, gguf: Path, context: int, tokens: int) -> dict[str, Any]:
+    """llama-bench: prefill of `context` tokens; decode of `tokens` at depth `context`."""
+    bench = str(llama_cpp / "build" / "bin" / "llama-bench")
+    common = ["-m", str(gguf), "-t", str(THREADS), "-fa", "1", "-r", "1", "-o", "json"]
+    prefill = _llama_bench([bench, *common, "-p", str(context), "-n", "0"])
+    decode = _llama_bench([bench, *common, "-p", "0", "-n", str(tokens), "-d", str(context)])
+    return {
+        "prefillMs": round(prefill["avg_ns"] / 1e6, 1),
+        "decodeMsPerToken": round(decode["avg_ns"] / 1e6 / tokens, 2),
+    }
+
+
+def _llama_bench(command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)[0]
+    return result
+
+
+CONVERT = """
+import conversion.base as base
+
+load_hparams = base.ModelBase.load_hparams
+
+
+def with_rotary_pct(directory, mistral_format):
+    config = load_hparams(directory, mistral_format)
+    rope = config.get("rope_parameters") or {}
+    config.setdefault("rotary_pct", rope.get("partial_rotary_factor", 1.0))
+    return config
+
+
+base.ModelBase.load_hparams = staticmethod(with_rotary_pct)
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+import convert_hf_to_gguf
+
+convert_hf_to_gguf.main()
+"""
+
+
+def to_gguf(llama_cpp: Path, model: Path, out: Path) -> dict[str, Path]:
+    """The model as GGUF f32, q8_0 and q4_0 (made once). llama.cpp's converter predates
+    transformers 5's config (`rotary_pct` became rope_parameters' partial_rotary_factor) and
+    does not know this test tokenizer (a GPT-2-style byte-level BPE): both are told to it."""
+    files = {name: out / f"model-{name}.gguf" for name in LLAMA_FORMATS}
+    if all(path.exists() for path in files.values()):
+        return files
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("f32", "q8_0"):
+        subprocess.run(
+            [sys.executable, "-c", CONVERT, str(model), "--outtype", name,
+             "--outfile", str(files[name])],
+            cwd=llama_cpp,
+            env={**os.environ, "PYTHONPATH": f"{llama_cpp}:{llama_cpp / 'gguf-py'}"},
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    quantize = str(llama_cpp / "build" / "bin" / "llama-quantize")
+    subprocess.run(
+        [quantize, str(files["f32"]), str(files["q4_0"]), "q4_0"], check=True, capture_output=True
+    )
+    return files
+
+
+def greedy_agreement(model: Path, context: int) -> dict[str, Any]:
+    """int8 against float32, teacher-forced on float32's greedy tokens."""
+    import torch
+
+    from polycoder_ls.config import Settings
+    from polycoder_ls.engine.kv_cache import preallocated_cache
+    from polycoder_ls.engine.loading import load_model
+
+    def logits_along(dtype: str, forced: list[int] | None) -> tuple[list[int], list[Any]]:
+        loaded = load_model(Settings(model=str(model), dtype=dtype, threads=THREADS))
+        assert loaded.token_step is not None
+        cache = preallocated_cache(loaded.model.config.num_hidden_layers, context + 32)
+        with torch.inference_mode():
+            prompt = torch.tensor([_prompt(context)])
+            step = loaded.model(input_ids=prompt, cache=cache, logits_to_keep=1).logits[0, -1]
+            tokens, steps = [], []
+            for index in range(GREEDY_CHECK_STEPS):
+                step = step[: loaded.vocab_limit]
+                steps.append(step)
+                tokens.append(int(step.argmax()) if forced is None else forced[index])
+                step = loaded.token_step(tokens[-1], cache)
+        return tokens, steps
+
+    reference_tokens, reference = logits_along("float32", None)
+    _, quantized = logits_along("int8", reference_tokens)
+    agree = sum(int(q.argmax()) == t for q, t in zip(quantized, reference_tokens, strict=True))
+    difference = max(float((q - r).abs().max()) for q, r in zip(quantized, reference, strict=True))
+    return {"int8Top1Agreement": f"{agree}/{GREEDY_CHECK_STEPS}", "int8MaxLogitDiff": difference}
+
+
+def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
+    """Bytes one decode step reads at `context` tokens / bandwidth, per format: the weights less
+    the input embedding, our float32 KV cache, llama.cpp's float16 one. q4_0 stores 18 bytes a
+    group of 32, q8_0 34 and our int8 32 + a float16 scale; q6_K (llama.cpp's q4_0 output
+    layer) 210 bytes a block of 256."""
+    config = json.loads((model / "config.json").read_text())
+    hidden, layers, rows = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    matrices = layers * 12 * hidden * hidden
+    small = layers * (13 * hidden + 4 * hidden) + 2 * hidden  # biases and norms, float32
+    head = rows * hidden
+    kv_values = layers * 2 * context * hidden
+
+    def ms(weight_bytes: float, kv_bytes: int) -> float:
+        return round((weight_bytes + small * 4 + kv_bytes) / gbps / 1e6, 2)
+
+    return {
+        "polycoder-ls float32": ms(4 * (matrices + head), 4 * kv_values),
+        "polycoder-ls int8": ms(34 / 32 * (matrices + head), 4 * kv_values),
+        "llama.cpp f32": ms(4 * (matrices + head), 2 * kv_values),
+        "llama.cpp q8_0": ms(34 / 32 * (matrices + head), 2 * kv_values),
+        "llama.cpp q4_0": ms(18 / 32 * matrices + 210 / 256 * head, 2 * kv_values),
+    }
+
+
+def _run_in_process(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--measure", engine, "--model", str(args.model_dir)]
+    command += ["--context", str(args.context), "--tokens", str(args.tokens)]
+    command += ["--llama-cpp", str(args.llama_cpp), "--out", os.devnull]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    """`engine`: "polycoder-ls DTYPE" or "llama.cpp FORMAT", measured in this process."""
+    name, weight_format = engine.split()
+    if name == "polycoder-ls":
+        return measure_ours(args.model_dir, weight_format, args.context, args.tokens)
+    gguf = args.model_dir.parent / "gguf" / f"model-{weight_format}.gguf"
+    return measure_llama(args.llama_cpp, gguf, args.context, args.tokens)
+
+
+def _summary(runs: list[dict[str, Any]], floor: float) -> dict[str, Any]:
+    decode = [run["decodeMsPerToken"] for run in runs]
+    prefill = [run["prefillMs"] for run in runs]
+    return {
+        "decodeMsPerTokenMin": min(decode),
+        "decodeMsPerTokenMedian": round(statistics.median(decode), 2),
+        "prefillMsMin": min(prefill),
+        "prefillMsMedian": round(statistics.median(prefill), 1),
+        "floorMsPerToken": floor,
+        "decodeMinVsFloor": round(min(decode) / floor, 2),
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--llama-cpp", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--shape", default="160m")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--context", type=int, default=1900)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--models", type=Path, default=Path("/tmp/polycoder-bench-models"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, dest="model_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args, args.measure)))
+        return
+    from memory import bandwidth_gbps
+    from typing_replay import build
+
+    args.model_dir = build(args.shape, args.models)
+    to_gguf(args.llama_cpp, args.model_dir, args.model_dir.parent / "gguf")
+    engines = [f"polycoder-ls {dtype}" for dtype in OURS]
+    engines += [f"llama.cpp {name}" for name in LLAMA_FORMATS]
+    runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
+    bandwidths = []
+    for round_number in range(args.rounds):
+        bandwidths.append(bandwidth_gbps()["best"])
+        shift = round_number % len(engines)
+        for engine in engines[shift:] + engines[:shift]:
+            started = time.monotonic()
+            runs[engine].append(_run_in_process(args, engine))
+            print(f"round {round_number + 1}: {engine} {runs[engine][-1]} "
+                  f"({time.monotonic() - started:.0f} s)", file=sys.stderr)  # fmt: skip
+    floors = floors_ms(args.model_dir, args.context, max(bandwidths))
+    result = {
+        "shape": args.shape,
+        "context": args.context,
+        "tokens": args.tokens,
+        "threads": THREADS,
+        "rounds": args.rounds,
+        "cpu": _cpu_name(),
+        "bandwidthGBps": bandwidths,
+        "engines": {engine: _summary(runs[engine], floors[engine]) for engine in engines},
+        "quality": greedy_agreement(args.model_dir, args.context),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        "| engine, format | decode ms/token min / median | its floor | min vs floor "
+        "| prefill ms min / median |",
+        "|---|---|---|---|---|",
+    ]
+    for engine, summary in result["engines"].items():
+        rows.append(
+            f"| {engine} | {summary['decodeMsPerTokenMin']} / {summary['decodeMsPerTokenMedian']}"
+            f" | {summary['floorMsPerToken']} | {summary['decodeMinVsFloor']} x"
+            f" | {summary['prefillMsMin']} / {summary['prefillMsMedian']} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
