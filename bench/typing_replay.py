@@ -237,6 +237,8 @@ async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict
     settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
     if naive:
         settings["cache"] = {"size": 0}
+    else:
+        settings["dtype"] = args.dtype
     client = await start_server(settings, *(["--naive"] if naive else []))
     replay, rng = Replay(pause_s=args.line_end_pause), random.Random(args.seed)
     for language, path in source_files()[: args.files]:
@@ -308,7 +310,7 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     from polycoder_ls.engine.generate import DecodeParams, Generator
     from polycoder_ls.engine.loading import load_model
 
-    loaded = load_model(Settings(model=str(model), threads=args.threads))
+    loaded = load_model(Settings(model=str(model), threads=args.threads, dtype=args.dtype))
     context = 1900
     weight_bytes, kv_bytes = bytes_per_decode_step(loaded.model, context)
     generator = Generator(loaded)
@@ -454,6 +456,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cancel-trials", type=int, default=10)
+    parser.add_argument(
+        "--dtype", default="float32", help="polycoder-ls's weights (the naive baseline: float32)"
+    )
     args = parser.parse_args()
     model = build(args.shape, args.models)
     result = {
@@ -462,7 +467,8 @@ def main() -> None:
         "model": {
             "shape": args.shape,
             **model_facts(model),
-            "dtype": "float32",
+            "dtype": args.dtype,
+            "naiveDtype": "float32",
             "threads": args.threads,
         },
         "client": {

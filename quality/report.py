@@ -1,8 +1,8 @@
 """Render QUALITY.md's tables from the JSON results of `make quality`.
 
-python quality/report.py   (reads quality/{nano,nano-512,trigram,random}.json, the hole results
-quality/holes-{nano-v2,nano,trigram,random}.json and quality/humaneval-{nano-v2,nano}.json;
-a model whose file is missing is left out)
+python quality/report.py   (reads quality/{nano,nano-512,trigram,random}.json, the newer nanos'
+quality/nano-{v2,v3}.json, the hole results quality/holes-{nano-v3,nano-v2,nano,trigram,random}.json
+and quality/humaneval-{nano-v3,nano-v2,nano}.json; a model whose file is missing is left out)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ PAPER_POLYCODER_2_7B = {"C": 2.3464, "Python": 3.1767, "JavaScript": 3.0611}
 # The PolyCoder paper's HumanEval results for the 2.7B model (percent).
 PAPER_HUMANEVAL_2_7B = {"pass@1": 5.59, "pass@10": 9.84, "pass@100": 17.68}
 HOLE_MODELS = {
+    "nano-v3": "nano v3",
     "nano-v2": "nano v2",
     "nano": "nano v1",
     "trigram": "trigram",
@@ -54,6 +55,39 @@ def perplexity_table() -> str:
             f"| {_num(PAPER_POLYCODER_2_7B.get(name), 4)} |"
         )
     return "\n".join(rows)
+
+
+def versions_table() -> str:
+    """Perplexity per Pygments token of each nano version beside the trigram, per language."""
+    versions = {name: _json(name) for name in ("nano", "nano-v2", "nano-v3")}
+    present = {name: result["languages"] for name, result in versions.items() if result}
+    trigram = _load("trigram")
+    labels = [HOLE_MODELS[name] for name in present]
+    rows = [
+        "| language | "
+        + " | ".join(f"{label} / Pygments token" for label in labels)
+        + " | trigram / Pygments token | newest beats trigram |",
+        "|---|" + "---|" * (len(labels) + 2),
+    ]
+    wins = 0
+    for language, entry in trigram.items():
+        values = [result.get(language, {}).get("perplexityPygments") for result in present.values()]
+        newest, baseline = values[-1], entry.get("perplexityPygments")
+        beats = newest is not None and baseline is not None and newest < baseline
+        wins += beats
+        rows.append(
+            f"| {language} | "
+            + " | ".join(_short(value) for value in values)
+            + f" | {_short(baseline)} | {'yes' if beats else 'no'} |"
+        )
+    rows += ["", f"{labels[-1]} beats the trigram in {wins} of {len(trigram)} languages."]
+    return "\n".join(rows)
+
+
+def _short(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value >= 1e6 else f"{value:.1f}"
 
 
 def holes_table() -> str:
@@ -123,7 +157,7 @@ def humaneval_table() -> str:
         "| infilling block pass |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("nano-v2", "nano"):
+    for name in ("nano-v3", "nano-v2", "nano"):
         result = _json(f"humaneval-{name}")
         if result is None:
             continue
@@ -152,5 +186,6 @@ def _percent(value: float | None, digits: int = 1) -> str:
 
 if __name__ == "__main__":
     print("## Perplexity\n\n" + perplexity_table() + "\n\n## Hole completion\n\n" + holes_table())
+    print("\n## nano versions against the trigram\n\n" + versions_table())
     print("\n## Hole completion by kind and condition\n\n" + hole_kinds_table())
     print("\n## HumanEval\n\n" + humaneval_table())
