@@ -236,6 +236,16 @@ class Settings:
             _number_in(0.0, 1.0, low_open=True),
         ),
     )
+    draft_tokens: int = field(
+        default=0,
+        metadata=_doc(
+            "Speculative decoding by prompt lookup (greedy only): where the last tokens occurred "
+            "earlier in the prompt, up to this many of the tokens that followed are checked in "
+            "the same forward pass as the new token, and kept while greedy decoding agrees "
+            "(the text stays the same). 0: off.",
+            _int_at_least(0),
+        ),
+    )
     multiline: str = field(
         default="auto",
         metadata=_doc(

@@ -85,6 +85,9 @@ class GenerationStats:
     first_token_ms: float = 0.0
     """From the start of the generation to its first token (a remote one: the first token
     received); the pipeline's latencyMs is the total."""
+    decode_forwards: int = 0
+    """Forward passes after the prefill (fewer than the tokens after the first where
+    speculation kept drafted tokens)."""
 
 
 @dataclass(frozen=True)

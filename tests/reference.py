@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -212,3 +213,29 @@ class _Spell(LogitsProcessor):
                 scores[0, token_id] = float("-inf")
         scores[0, len(self.texts) :] = float("-inf")
         return scores
+
+
+def reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q8_0's rule, group by group in plain Python: scale = largest magnitude / 127 (stored as
+    float16), value = the nearest integer to weight / scale. Returns (values, scales)."""
+    values = torch.zeros(weight.shape, dtype=torch.int8)
+    scales = torch.zeros(weight.shape[0], weight.shape[1] // 32, dtype=torch.float16)
+    for row in range(weight.shape[0]):
+        for group in range(weight.shape[1] // 32):
+            chunk = [float(w) for w in weight[row, 32 * group : 32 * group + 32]]
+            scale = float(torch.tensor(max(map(abs, chunk)) / 127, dtype=torch.float16))
+            scales[row, group] = scale
+            for i, w in enumerate(chunk):
+                values[row, 32 * group + i] = max(-127, min(127, round(w / scale))) if scale else 0
+    return values, scales
+
+
+def with_int8_values(model: nn.Module) -> nn.Module:
+    """`model` with every linear layer's weight replaced by its q8_0 values (reference_int8)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
+                values, scales = reference_int8(module.weight)
+                wide = scales.float().repeat_interleave(32, dim=1)
+                module.weight.copy_(values.float() * wide)
+    return model

@@ -226,7 +226,9 @@ class Engine:
         plan = plan_completion(cursor, generator.loaded, settings)
         if not plan.prompt.token_ids:
             return CompletionOutcome(None, GenerationStats())
-        params = DecodeParams(plan.max_new_tokens, settings.temperature, settings.top_p)
+        params = DecodeParams(
+            plan.max_new_tokens, settings.temperature, settings.top_p, settings.draft_tokens
+        )
         cancelled = (lambda: False) if self._naive else cancel.is_set
         text, stats = generator.generate(
             key, plan.prompt.token_ids, params, plan.finished, cancelled, plan.prompt.removed_text

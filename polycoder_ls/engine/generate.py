@@ -3,6 +3,10 @@
 Runs only on the inference worker thread. Each document keeps the token ids and KV cache
 of its last prompt; a new prompt keeps the longest common token-id prefix and feeds only
 the rest. The cancel check runs between prefill chunks and between decode steps.
+
+Greedy decoding may speculate (prompt lookup): where the last tokens occurred earlier in the
+prompt or the text so far, the tokens that followed them there are fed with the new token in
+one forward pass, and kept as far as they are what greedy decoding would have chosen.
 """
 
 from __future__ import annotations
@@ -31,6 +35,37 @@ class DecodeParams:
     max_new_tokens: int
     temperature: float
     top_p: float
+    draft_tokens: int = 0
+    """Prompt-lookup speculation: at most this many drafted tokens checked per forward pass
+    (greedy decoding only; 0: off)."""
+
+
+LOOKUP_NGRAM = 3
+
+
+class PromptLookup:
+    """Drafts for speculative decoding from the tokens so far: the tokens that followed the
+    most recent earlier occurrence of the longest of the last 3, 2 or 1 tokens."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens: list[int] = []
+        self._followed_at: dict[tuple[int, ...], int] = {}
+        """An n-gram -> where the tokens after its most recent occurrence start."""
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)
+            for n in range(1, min(LOOKUP_NGRAM, end) + 1):
+                self._followed_at[tuple(self.tokens[end - n :])] = end
+            self.tokens.append(token)
+
+    def draft(self, limit: int) -> list[int]:
+        for n in range(min(LOOKUP_NGRAM, len(self.tokens)), 0, -1):
+            start = self._followed_at.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + limit]
+        return []
 
 
 @dataclass
@@ -103,14 +138,34 @@ class Generator:
         ):
             self._kept.popitem(last=False)
 
-    def _forward(self, state: _KeptState, token_ids: list[int]) -> torch.Tensor:
+    def _forward(
+        self, state: _KeptState, token_ids: list[int], every_position: bool = False
+    ) -> torch.Tensor:
+        """The logits after `token_ids` (with `every_position`: after each of them)."""
         try:
-            logits = self._logits(state.cache, token_ids)
+            logits = self._logits(state.cache, token_ids, every_position)
         except _Cancelled:
             truncate_cache(state.cache, len(state.token_ids))
             raise
         state.token_ids.extend(token_ids)
-        return logits[: self.loaded.vocab_limit]
+        return logits[..., : self.loaded.vocab_limit]
+
+    def _decode_step(
+        self, state: _KeptState, token: int, lookup: PromptLookup | None, draft_limit: int
+    ) -> list[torch.Tensor]:
+        """The logits after `token`; with a draft from `lookup`, also those after each drafted
+        token that greedy decoding chooses in turn (the rest leave the cache)."""
+        draft = lookup.draft(draft_limit) if lookup is not None and draft_limit > 0 else []
+        if not draft:
+            return [self._forward(state, [token])]
+        rows = self._forward(state, [token, *draft], every_position=True)
+        accepted = 0
+        while accepted < len(draft) and int(torch.argmax(rows[accepted])) == draft[accepted]:
+            accepted += 1
+        kept = len(state.token_ids) - (len(draft) - accepted)
+        truncate_cache(state.cache, kept)
+        del state.token_ids[kept:]
+        return list(rows[: accepted + 1])
 
     def _constrained(self, logits: torch.Tensor, required_start: str, text: str) -> torch.Tensor:
         """`logits` with only the tokens that go on spelling `required_start` left."""
@@ -126,14 +181,21 @@ class Generator:
         masked[index] = logits[index]
         return masked
 
-    def _logits(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
-        """The logits after `token_ids`, fed after the cached tokens (which they extend)."""
+    def _logits(
+        self, cache: DynamicCache, token_ids: list[int], every_position: bool = False
+    ) -> torch.Tensor:
+        """The logits after `token_ids`, fed after the cached tokens (which they extend);
+        with `every_position`, [len(token_ids), vocab]: after each of them."""
         step = self.loaded.token_step
         if step is not None and len(token_ids) == 1 and step.applies(cache):
-            return step(token_ids[0], cache)
+            logits = step(token_ids[0], cache)
+            return logits[None] if every_position else logits
         inputs = torch.tensor([token_ids], device=self.loaded.device)
-        output = self.loaded.model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1)
-        return output.logits[0, -1]
+        keep = 0 if every_position else 1
+        output = self.loaded.model(
+            input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=keep
+        )
+        return output.logits[0] if every_position else output.logits[0, -1]
 
     def _prefill(self, state: _KeptState, prompt: list[int]) -> torch.Tensor:
         """Feed the prompt tokens the cache lacks, in chunks, checking for a cancel."""
@@ -160,8 +222,12 @@ class Generator:
         state = self._take_state(key, prompt, params.max_new_tokens)
         reused = len(state.token_ids)
         generated: list[int] = []
-        text, was_cancelled, prefilled = "", False, started
+        text, was_cancelled, prefilled, forwards = "", False, started, 0
         text_of = self.loaded.text_after(prompt)
+        speculate = params.draft_tokens > 0 and params.temperature <= 0
+        lookup = PromptLookup(prompt) if speculate else None
+        verified: list[torch.Tensor] = []
+        """Logits already computed for the next tokens (accepted drafts)."""
         self._cancelled = cancelled
         try:
             with torch.inference_mode():
@@ -175,7 +241,15 @@ class Generator:
                     if finished(text) or len(generated) >= params.max_new_tokens:
                         break
                     self._check_cancel()
-                    logits = self._forward(state, [token])
+                    if lookup is not None:
+                        lookup.extend([token])
+                    if not verified:
+                        drafting = lookup if not pending_text(required_start, text) else None
+                        room = params.max_new_tokens - len(generated) - 1
+                        limit = min(params.draft_tokens, room)
+                        verified = self._decode_step(state, token, drafting, limit)
+                        forwards += 1
+                    logits = verified.pop(0)
         except _Cancelled:
             was_cancelled = True
         finally:
@@ -192,6 +266,7 @@ class Generator:
             prefill_ms=prefill_ms,
             decode_ms=(ended - max(prefilled, started)) * 1000 if prefilled > started else 0.0,
             first_token_ms=prefill_ms if generated else 0.0,
+            decode_forwards=forwards,
         )
         return ("" if was_cancelled else text), stats
 

@@ -13,6 +13,7 @@ DESIGN_DEFAULTS = {
     "maxNewTokens": 64,
     "temperature": 0.0,
     "topP": 0.95,
+    "draftTokens": 0,  # issue 16
     "multiline": "auto",
     "stop": [],
     "cache": {"size": 256, "ttlSeconds": 600},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from reference import ReferenceModel
+from reference import ReferenceModel, reference_int8, with_int8_values
 from torch import nn
 from torch.nn import functional
 from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM
@@ -69,27 +69,12 @@ def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
         assert swapped.weight is linear.weight
 
 
-def _reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q8_0's rule, group by group in plain Python: scale = largest magnitude / 127 (stored as
-    float16), value = the nearest integer to weight / scale. Returns (values, scales)."""
-    values = torch.zeros(weight.shape, dtype=torch.int8)
-    scales = torch.zeros(weight.shape[0], weight.shape[1] // 32, dtype=torch.float16)
-    for row in range(weight.shape[0]):
-        for group in range(weight.shape[1] // 32):
-            chunk = [float(w) for w in weight[row, 32 * group : 32 * group + 32]]
-            scale = float(torch.tensor(max(map(abs, chunk)) / 127, dtype=torch.float16))
-            scales[row, group] = scale
-            for i, w in enumerate(chunk):
-                values[row, 32 * group + i] = max(-127, min(127, round(w / scale))) if scale else 0
-    return values, scales
-
-
 def test_int8_weights_follow_q8_0s_rule():
     torch.manual_seed(3)
     weight = torch.randn(5, 96) * torch.tensor([1e-3, 1.0, 30.0]).repeat_interleave(32)
     weight[2, 32:64] = 0.0  # a group of zeros has scale 0
     quantized = Int8Weight.quantize(weight)
-    values, scales = _reference_int8(weight)
+    values, scales = reference_int8(weight)
     assert quantized.values.dtype == torch.int8 and quantized.scales.dtype == torch.float16
     assert torch.equal(quantized.scales, scales)
     # Ties (x.5) may round either way between the two; nothing else may differ.
@@ -106,7 +91,7 @@ def test_int8_matrix_vector_product_matches_its_float_values(kernels, inputs, ou
     torch.manual_seed(inputs)
     weight, row, bias = torch.randn(outputs, inputs), torch.randn(inputs), torch.randn(outputs)
     quantized = Int8Weight.quantize(weight)
-    values, scales = _reference_int8(weight) if inputs < 1000 else (None, None)
+    values, scales = reference_int8(weight) if inputs < 1000 else (None, None)
     dequantized = quantized.values.double() * quantized.scales.double().repeat_interleave(32, 1)
     expected = (dequantized @ row.double() + bias.double()).float()
     close = {"rtol": 1e-4, "atol": 1e-4}
@@ -125,7 +110,7 @@ def test_an_int8_kernel_linear_computes_with_its_int8_values_on_every_path(kerne
     original = linear.weight.detach().clone()
     swapped = KernelLinear.wrap(linear, kernels, int8=True)
     assert swapped.int8 is not None
-    values, scales = _reference_int8(original)
+    values, scales = reference_int8(original)
     dequantized = (values.float() * scales.float().repeat_interleave(32, 1)).reshape(40, 64)
     torch.testing.assert_close(swapped.weight.detach(), dequantized, rtol=0, atol=1e-6)
     reference = nn.Linear(64, 40)
@@ -188,17 +173,6 @@ def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeo
     ).eval()
 
 
-def _with_int8_values(model: GPTNeoXForCausalLM) -> GPTNeoXForCausalLM:
-    """`model` with every linear layer's weight replaced by its q8_0 values (_reference_int8)."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
-                values, scales = _reference_int8(module.weight)
-                wide = scales.float().repeat_interleave(32, dim=1)
-                module.weight.copy_(values.float() * wide)
-    return model
-
-
 @pytest.mark.parametrize(
     ("parallel_residual", "rotary_share", "attention_bias", "int8"),
     [
@@ -215,7 +189,7 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
     plain = _neox(parallel_residual, rotary_share, attention_bias=attention_bias)
     fast = copy.deepcopy(plain)
     if int8:
-        plain = _with_int8_values(plain)
+        plain = with_int8_values(plain)
     kernels = use_cpu_kernels(fast, int8=int8)
     assert kernels is not None
     linears = [module for module in fast.modules() if isinstance(module, KernelLinear)]
@@ -272,7 +246,7 @@ def test_int8_serves_the_greedy_text_of_transformers_on_the_int8_values(tiny_mod
     linears = [module for module in loaded.model.modules() if isinstance(module, KernelLinear)]
     assert linears and all(module.int8 is not None for module in linears)
     reference = ReferenceModel(tiny_model)
-    _with_int8_values(reference.model)
+    with_int8_values(reference.model)
     greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
     for start in (5, 200):
         prompt = [start + (i * 37) % 400 for i in range(70)]

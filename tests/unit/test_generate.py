@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from reference import ReferenceModel, with_int8_values
 
 from polycoder_ls.config import Settings
-from polycoder_ls.engine.generate import DecodeParams, Generator, _choose
-from polycoder_ls.engine.loading import load_model
+from polycoder_ls.engine.generate import DecodeParams, Generator, PromptLookup, _choose
+from polycoder_ls.engine.loading import LoadedModel, load_model
+from polycoder_ls.engine_state import NANO_DIRECTORY
 
 GREEDY = DecodeParams(max_new_tokens=12, temperature=0.0, top_p=1.0)
 
@@ -140,3 +143,100 @@ def test_typing_through_a_suggestion_reuses_its_generated_tokens(loaded):
     typed = text + suggestion[: len(suggestion) // 2]
     _, stats = generator.generate("doc", loaded.tokenize(typed)[0], GREEDY, never, never)
     assert stats.reused_tokens > first.prompt_tokens
+
+
+def _brute_force_draft(tokens: list[int], limit: int) -> list[int]:
+    """What followed the latest earlier occurrence of the longest of the last 3, 2, 1 tokens."""
+    for n in (3, 2, 1):
+        if len(tokens) < n:
+            continue
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tokens[-n:]:
+                return tokens[start + n : start + n + limit]
+    return []
+
+
+def test_prompt_lookup_drafts_what_followed_the_last_tokens_before():
+    assert PromptLookup([1, 2, 3, 4, 1, 2]).draft(3) == [3, 4, 1]
+    assert PromptLookup([5, 1, 9, 1, 7, 1]).draft(5) == [7, 1], "the latest occurrence"
+    assert PromptLookup([8, 1, 2, 3, 9, 7, 2, 3]).draft(2) == [9, 7], "the longest n-gram"
+    assert PromptLookup([1, 2, 3]).draft(4) == []
+    assert PromptLookup([]).draft(4) == []
+    rng = random.Random(0)
+    for _ in range(300):
+        tokens = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
+        grown = PromptLookup(tokens[:5])
+        grown.extend(tokens[5:])
+        for limit in (1, 4):
+            assert PromptLookup(tokens).draft(limit) == _brute_force_draft(tokens, limit)
+            assert grown.draft(limit) == _brute_force_draft(tokens, limit)
+
+
+CODE = """import os
+
+
+def read_config(path):
+    with open(path) as handle:
+        return handle.read()
+
+
+def write_config(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def read_settings(path):
+    with open(path) as handle:
+        return handle.read()
+
+
+def write_settings(path, text):
+"""
+
+
+@pytest.fixture(scope="module")
+def nano() -> LoadedModel:
+    return load_model(Settings(model="nano"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_speculation_keeps_the_greedy_text_in_fewer_forward_passes(dtype):
+    loaded = load_model(Settings(model="nano", dtype=dtype))
+    prompt = loaded.tokenize(CODE)[0]
+    reference = ReferenceModel(NANO_DIRECTORY)
+    if dtype == "int8":
+        with_int8_values(reference.model)
+    expected = reference.raw_generation(prompt, 40)
+    plain = DecodeParams(max_new_tokens=40, temperature=0.0, top_p=1.0)
+    speculative = DecodeParams(max_new_tokens=40, temperature=0.0, top_p=1.0, draft_tokens=8)
+    text, stats = Generator(loaded).generate("a", prompt, speculative, never, never)
+    plain_text, plain_stats = Generator(loaded).generate("a", prompt, plain, never, never)
+    assert text == plain_text == expected
+    assert stats.generated_tokens == plain_stats.generated_tokens == 40
+    assert plain_stats.decode_forwards == 39
+    assert stats.decode_forwards < 30, "drafts from the prompt were kept"
+
+
+def test_a_speculative_generation_leaves_the_cache_as_its_tokens(nano):
+    generator = Generator(nano)
+    prompt = nano.tokenize(CODE)[0]
+    speculative = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0, draft_tokens=8)
+    text, _ = generator.generate("doc", prompt, speculative, never, never)
+    longer = prompt + nano.tokenize(text)[0][:-1]
+    plain = DecodeParams(max_new_tokens=12, temperature=0.0, top_p=1.0)
+    again, stats = generator.generate("doc", longer, plain, never, never)
+    assert stats.reused_tokens > len(prompt)
+    assert again == Generator(nano).generate("fresh", longer, plain, never, never)[0]
+
+
+def test_sampling_never_speculates(nano):
+    prompt = nano.tokenize(CODE)[0]
+    for seed in range(3):
+        texts = []
+        for draft_tokens in (8, 0):
+            sampled = DecodeParams(16, temperature=0.8, top_p=0.95, draft_tokens=draft_tokens)
+            torch.manual_seed(seed)
+            text, stats = Generator(nano).generate("a", prompt, sampled, never, never)
+            assert stats.decode_forwards == stats.generated_tokens - 1
+            texts.append(text)
+        assert texts[0] == texts[1]
