@@ -233,12 +233,15 @@ async def stop_server(client: LanguageClient) -> None:
     await client.stop()
 
 
-async def run_server(model: Path, naive: bool, args: argparse.Namespace) -> dict[str, Any]:
+async def run_server(
+    model: Path, naive: bool, args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One replay; `extra`: settings of a variant of polycoder-ls (--variant)."""
     settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
     if naive:
         settings["cache"] = {"size": 0}
     else:
-        settings["dtype"] = args.dtype
+        settings.update({"dtype": args.dtype, **(extra or {})})
     client = await start_server(settings, *(["--naive"] if naive else []))
     replay, rng = Replay(pause_s=args.line_end_pause), random.Random(args.seed)
     for language, path in source_files()[: args.files]:
@@ -291,6 +294,11 @@ def summarise(replay: Replay, status: Any, peak_kib: int) -> dict[str, Any]:
         },
         "promptTokens": {"p50": _percentile([r["promptTokens"] for r in runs], 0.5)},
         "decodeMsPerToken": {"p50": _percentile(decode_per_token, 0.5)},
+        "tokensPerDecodeForward": round(
+            sum(r["generatedTokens"] - 1 for r in runs if r["generatedTokens"] > 1)
+            / max(1, sum(r.get("decodeForwards", 0) for r in runs)),
+            3,
+        ),
         "typeThroughServerMs": {
             "p50": _percentile([h["latencyMs"] for h in hits], 0.5),
             "n": len(hits),
@@ -459,7 +467,18 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="float32", help="polycoder-ls's weights (the naive baseline: float32)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='also replay polycoder-ls with these settings, e.g. int8=\'{"dtype": "int8"}\'',
+    )
     args = parser.parse_args()
+    variants = {
+        name: json.loads(settings)
+        for name, settings in (variant.split("=", 1) for variant in args.variant)
+    }
     model = build(args.shape, args.models)
     result = {
         "command": "python " + " ".join(sys.argv),
@@ -477,6 +496,13 @@ def main() -> None:
             "lineEndPauseMs": args.line_end_pause * 1000,
         },
         "polycoderLs": asyncio.run(run_server(model, naive=False, args=args)),
+        "variants": {
+            name: {
+                "settings": settings,
+                **asyncio.run(run_server(model, naive=False, args=args, extra=settings)),
+            }
+            for name, settings in variants.items()
+        },
         "naive": asyncio.run(run_server(model, naive=True, args=args)),
         "engine": measure_engine(model, args),
     }
@@ -489,6 +515,10 @@ def main() -> None:
             ours["pauseToSuggestionMs"]["p95"] / naive["pauseToSuggestionMs"]["p95"], 3
         ),
     }
+    for name, variant in result["variants"].items():
+        result["ratios"][f"{name}PauseP50VsNaive"] = round(
+            variant["pauseToSuggestionMs"]["p50"] / naive["pauseToSuggestionMs"]["p50"], 3
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["ratios"]))

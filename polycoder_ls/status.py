@@ -24,6 +24,8 @@ class LastRequest:
     decode_ms: float = 0.0
     first_token_ms: float = 0.0
     """Time to the first generated token; latencyMs is the total."""
+    decode_forwards: int = 0
+    """Forward passes after the prefill (speculation keeps several tokens of one)."""
 
     @classmethod
     def of_generation(cls, stats: GenerationStats, latency_ms: float) -> LastRequest:
