@@ -98,30 +98,51 @@ static inline float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-/* y = weight[out_features, in_features] @ x + bias (bias may be NULL), rows shared among the
- * threads of the enclosing parallel region; STORE_GELU applies the exact GELU, ADD adds to y.
- * Without scales the weight is float32; with them int8 with in_features / GROUP scales a row. */
-static void gemv_rows(const void *weight, const uint16_t *scales, const float *x,
+/* The float32 values of a row of n int8 weights (n a multiple of GROUP). */
+static void dequantize_row(const int8_t *q, const uint16_t *scales, float *out, int64_t n) {
+    for (int64_t at = 0; at < n; at += 8) {
+        __m256 scale = _mm256_set1_ps(_cvtsh_ss(scales[at / GROUP]));
+        _mm256_storeu_ps(out + at, _mm256_mul_ps(int8x8(q + at), scale));
+    }
+}
+
+/* y[t] = weight[out_features, in_features] @ x[t] + bias (bias may be NULL) for each of
+ * `tokens` rows of x ([tokens, in_features]) and y ([tokens, out_features]); the weight's rows
+ * are shared among the threads of the enclosing parallel region, each read from memory once.
+ * STORE_GELU applies the exact GELU, ADD adds to y. Without scales the weight is float32; with
+ * them int8 with in_features / GROUP scales a row, which `scratch` (in_features floats of the
+ * calling thread) holds as float32 while several tokens use it. */
+static void gemm_rows(const void *weight, const uint16_t *scales, const float *x,
                       const float *bias, float *y, int64_t out_features, int64_t in_features,
-                      enum row_output output) {
+                      int64_t tokens, enum row_output output, float *scratch) {
     const int64_t groups = in_features / GROUP;
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < out_features; row++) {
-        float value = scales ? dot_int8((const int8_t *)weight + row * in_features,
-                                        scales + row * groups, x, in_features)
-                             : dot((const float *)weight + row * in_features, x, in_features);
-        value += bias ? bias[row] : 0.0f;
-        if (output == STORE_GELU) {
-            value = gelu(value);
+        const int8_t *quantized = (const int8_t *)weight + row * in_features;
+        const float *values = (const float *)weight + row * in_features;
+        if (scales && tokens > 1) {
+            dequantize_row(quantized, scales + row * groups, scratch, in_features);
+            values = scratch;
         }
-        y[row] = output == ADD ? y[row] + value : value;
+        for (int64_t t = 0; t < tokens; t++) {
+            const float *row_x = x + t * in_features;
+            float value = scales && tokens == 1
+                              ? dot_int8(quantized, scales + row * groups, row_x, in_features)
+                              : dot(values, row_x, in_features);
+            value += bias ? bias[row] : 0.0f;
+            if (output == STORE_GELU) {
+                value = gelu(value);
+            }
+            float *out = y + t * out_features + row;
+            *out = output == ADD ? *out + value : value;
+        }
     }
 }
 
 void pcls_gemv(const void *weight, const uint16_t *scales, const float *x, const float *bias,
                float *y, int64_t out_features, int64_t in_features, int threads) {
 #pragma omp parallel num_threads(threads)
-    gemv_rows(weight, scales, x, bias, y, out_features, in_features, STORE);
+    gemm_rows(weight, scales, x, bias, y, out_features, in_features, 1, STORE, NULL);
 }
 
 /* s[i] = exp(s[i] - largest) over `length` scores; returns their sum. */
@@ -234,12 +255,11 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_
     }
 }
 
-/* GPT-NeoX attention of one new token for one head: qkv holds [query | key | value] (dim floats
- * each); the key and query get the rotary embedding, the key and value are written at row
- * `position` of the head's cache rows, and the query attends to rows 0..position. */
-static void neox_attend_head(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
-                             float *key_rows, float *value_rows, int64_t position, float *out,
-                             float *scores, int64_t dim, float scale) {
+/* One new token's query and key for one head get the rotary embedding in qkv ([query | key |
+ * value], dim floats each); its key and value are written at row `position` of the head's
+ * cache rows. */
+static void neox_cache_token(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
+                             float *key_rows, float *value_rows, int64_t position, int64_t dim) {
     float *q = qkv, *k = qkv + dim;
     const float *v = k + dim;
     rotate(q, cos, sin, rotary_dim);
@@ -248,7 +268,6 @@ static void neox_attend_head(float *qkv, const float *cos, const float *sin, int
         key_rows[position * dim + i] = k[i];
         value_rows[position * dim + i] = v[i];
     }
-    attend_head(q, key_rows, value_rows, out, scores, position + 1, dim, scale);
 }
 
 static void layer_norm(const float *x, const float *weight, const float *bias, float *out,
@@ -287,67 +306,93 @@ enum layer_pointer {
     QKV_SCALES, DENSE_SCALES, FC_IN_SCALES, FC_OUT_SCALES, KEYS, VALUES, LAYER_POINTERS
 };
 
-/* Workspace floats pcls_neox_token_step needs. */
-int64_t pcls_neox_workspace(const struct neox_shape *shape) {
-    return 7 * shape->hidden + shape->intermediate + shape->heads * (shape->position + 1);
+/* Workspace floats pcls_neox_step needs for `tokens` new tokens. */
+int64_t pcls_neox_workspace(const struct neox_shape *shape, int64_t tokens) {
+    return tokens * (7 * shape->hidden + shape->intermediate) +
+           shape->heads * tokens * (shape->position + tokens);
 }
 
-/* One new token through a whole GPT-NeoX model (exact GELU, layer norms, rotary embedding), in
- * one parallel region: `embedding` is the token's input embedding [hidden]; each layer's
- * caches are [heads][head_strides[layer]] floats with room for row `position`, which is written;
- * logits[vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix
- * whose scales are NULL is float32, else int8 (gemv_rows). */
-void pcls_neox_token_step(const struct neox_shape *shape, const float *embedding,
-                          void *const *layer_pointers, const int64_t *head_strides,
-                          const float *cos, const float *sin, const float *final_norm_weight,
-                          const float *final_norm_bias, const void *head_weight,
-                          const uint16_t *head_scales, const float *head_bias, float *workspace,
-                          float *logits, int threads) {
+/* `tokens` new tokens through a whole GPT-NeoX model (exact GELU, layer norms, rotary
+ * embedding), in one parallel region, each weight matrix read once: `embeddings` holds their
+ * input embeddings [tokens, hidden]; cos and sin their rotary tables [tokens, rotary_dim]; each
+ * layer's caches are [heads][head_strides[layer]] floats with room for rows position ..
+ * position + tokens - 1, which are written, and token t attends to rows 0 .. position + t;
+ * logits[tokens, vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero).
+ * A matrix whose scales are NULL is float32, else int8 (gemm_rows). */
+void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float *embeddings,
+                    void *const *layer_pointers, const int64_t *head_strides, const float *cos,
+                    const float *sin, const float *final_norm_weight,
+                    const float *final_norm_bias, const void *head_weight,
+                    const uint16_t *head_scales, const float *head_bias, float *workspace,
+                    float *logits, int threads) {
     const int64_t hidden = shape->hidden, heads = shape->heads, dim = shape->head_dim;
-    const int64_t length = shape->position + 1;
-    float *x = workspace, *normed = x + hidden, *qkv = normed + hidden;
-    float *attended = qkv + 3 * hidden, *projected = attended + hidden;
-    float *expanded = projected + hidden, *scores = expanded + shape->intermediate;
-    for (int64_t i = 0; i < hidden; i++) {
-        x[i] = embedding[i];
+    const int64_t inter = shape->intermediate, rotary_dim = shape->rotary_dim;
+    const int64_t position = shape->position, span = position + tokens;
+    const float eps = shape->eps;
+    float *x = workspace, *normed = x + tokens * hidden, *qkv = normed + tokens * hidden;
+    float *attended = qkv + tokens * 3 * hidden, *projected = attended + tokens * hidden;
+    float *expanded = projected + tokens * hidden, *scores = expanded + tokens * inter;
+    for (int64_t i = 0; i < tokens * hidden; i++) {
+        x[i] = embeddings[i];
     }
 #pragma omp parallel num_threads(threads)
     {
+        float scratch[inter > hidden ? inter : hidden];
         for (int64_t layer = 0; layer < shape->layers; layer++) {
             void *const *p = layer_pointers + layer * LAYER_POINTERS;
 #pragma omp single
-            layer_norm(x, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS], normed, hidden, shape->eps);
-            gemv_rows(p[QKV_WEIGHT], p[QKV_SCALES], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden,
-                      STORE);
+            for (int64_t t = 0; t < tokens; t++) {
+                layer_norm(x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
+                           normed + t * hidden, hidden, eps);
+            }
+            gemm_rows(p[QKV_WEIGHT], p[QKV_SCALES], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden,
+                      tokens, STORE, scratch);
+            float *keys = p[KEYS], *values = p[VALUES];
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < heads; head++) {
-                neox_attend_head(qkv + head * 3 * dim, cos, sin, shape->rotary_dim,
-                                 (float *)p[KEYS] + head * head_strides[layer],
-                                 (float *)p[VALUES] + head * head_strides[layer], shape->position,
-                                 attended + head * dim, scores + head * length, dim,
-                                 shape->scale);
-            }
-            gemv_rows(p[DENSE_WEIGHT], p[DENSE_SCALES], attended, p[DENSE_BIAS], projected,
-                      hidden, hidden, STORE);
-#pragma omp single
-            {
-                const float *norm_weight = p[POST_NORM_WEIGHT], *norm_bias = p[POST_NORM_BIAS];
-                if (shape->parallel_residual) {
-                    layer_norm(x, norm_weight, norm_bias, normed, hidden, shape->eps);
-                    add(x, projected, hidden);
-                } else {
-                    add(x, projected, hidden);
-                    layer_norm(x, norm_weight, norm_bias, normed, hidden, shape->eps);
+                for (int64_t t = 0; t < tokens; t++) {
+                    neox_cache_token(qkv + t * 3 * hidden + head * 3 * dim, cos + t * rotary_dim,
+                                     sin + t * rotary_dim, rotary_dim,
+                                     keys + head * head_strides[layer],
+                                     values + head * head_strides[layer], position + t, dim);
                 }
             }
-            gemv_rows(p[FC_IN_WEIGHT], p[FC_IN_SCALES], normed, p[FC_IN_BIAS], expanded,
-                      shape->intermediate, hidden, STORE_GELU);
-            gemv_rows(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], expanded, p[FC_OUT_BIAS], x, hidden,
-                      shape->intermediate, ADD);
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t head = 0; head < heads; head++) {
+                for (int64_t t = 0; t < tokens; t++) {
+                    attend_head(qkv + t * 3 * hidden + head * 3 * dim,
+                                keys + head * head_strides[layer],
+                                values + head * head_strides[layer],
+                                attended + t * hidden + head * dim,
+                                scores + (head * tokens + t) * span, position + t + 1, dim,
+                                shape->scale);
+                }
+            }
+            gemm_rows(p[DENSE_WEIGHT], p[DENSE_SCALES], attended, p[DENSE_BIAS], projected,
+                      hidden, hidden, tokens, STORE, scratch);
+#pragma omp single
+            for (int64_t t = 0; t < tokens; t++) {
+                float *row = x + t * hidden, *row_normed = normed + t * hidden;
+                const float *norm_weight = p[POST_NORM_WEIGHT], *norm_bias = p[POST_NORM_BIAS];
+                if (shape->parallel_residual) {
+                    layer_norm(row, norm_weight, norm_bias, row_normed, hidden, eps);
+                    add(row, projected + t * hidden, hidden);
+                } else {
+                    add(row, projected + t * hidden, hidden);
+                    layer_norm(row, norm_weight, norm_bias, row_normed, hidden, eps);
+                }
+            }
+            gemm_rows(p[FC_IN_WEIGHT], p[FC_IN_SCALES], normed, p[FC_IN_BIAS], expanded, inter,
+                      hidden, tokens, STORE_GELU, scratch);
+            gemm_rows(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], expanded, p[FC_OUT_BIAS], x, hidden,
+                      inter, tokens, ADD, scratch);
         }
 #pragma omp single
-        layer_norm(x, final_norm_weight, final_norm_bias, normed, hidden, shape->eps);
-        gemv_rows(head_weight, head_scales, normed, head_bias, logits, shape->vocab, hidden,
-                  STORE);
+        for (int64_t t = 0; t < tokens; t++) {
+            layer_norm(x + t * hidden, final_norm_weight, final_norm_bias, normed + t * hidden,
+                       hidden, eps);
+        }
+        gemm_rows(head_weight, head_scales, normed, head_bias, logits, shape->vocab, hidden,
+                  tokens, STORE, scratch);
     }
 }

@@ -150,10 +150,10 @@ class CpuKernels:
         library.pcls_gemv.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
-        library.pcls_neox_workspace.argtypes = [_POINTER]
+        library.pcls_neox_workspace.argtypes = [_POINTER, _INT]
         library.pcls_neox_workspace.restype = _INT
-        library.pcls_neox_token_step.argtypes = [_POINTER] * 13 + [ctypes.c_int]
-        library.pcls_neox_token_step.restype = None
+        library.pcls_neox_step.argtypes = [_POINTER, _INT, *[_POINTER] * 12, ctypes.c_int]
+        library.pcls_neox_step.restype = None
         return cls(library)
 
     def gemv(
@@ -196,24 +196,27 @@ class CpuKernels:
         )
         return out
 
-    def neox_token_step(
+    def neox_step(
         self,
         shape: NeoXShape,
-        embedding: torch.Tensor,
+        embeddings: torch.Tensor,
         layer_pointers: list[int | None],
         head_strides: list[int],
         rotary: tuple[torch.Tensor, torch.Tensor],
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
         head: tuple[torch.Tensor | Int8Weight, torch.Tensor | None],
     ) -> torch.Tensor:
-        """One token through a whole GPT-NeoX model (pcls_neox_token_step in cpu_kernels.c):
-        `layer_pointers` holds each layer's weights, biases and cache rows in the C order,
-        `rotary` the cos and sin [rotary_dim] of the token's position. Returns the logits."""
-        workspace = torch.empty(self.library.pcls_neox_workspace(ctypes.byref(shape)))
-        logits = torch.empty(shape.vocab, dtype=torch.float32)
-        self.library.pcls_neox_token_step(
+        """New tokens through a whole GPT-NeoX model (pcls_neox_step in cpu_kernels.c):
+        `embeddings` [tokens, hidden]; `layer_pointers` holds each layer's weights, biases and
+        cache rows in the C order; `rotary` the cos and sin [tokens, rotary_dim] of the tokens'
+        positions. Returns the logits [tokens, vocab]."""
+        tokens = embeddings.shape[0]
+        workspace = torch.empty(self.library.pcls_neox_workspace(ctypes.byref(shape), tokens))
+        logits = torch.empty(tokens, shape.vocab, dtype=torch.float32)
+        self.library.pcls_neox_step(
             ctypes.byref(shape),
-            embedding.data_ptr(),
+            tokens,
+            embeddings.data_ptr(),
             (_POINTER * len(layer_pointers))(*layer_pointers),
             (_INT * len(head_strides))(*head_strides),
             rotary[0].data_ptr(),

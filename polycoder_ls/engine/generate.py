@@ -26,6 +26,9 @@ from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
 from .loading import LoadedModel
 
 PREFILL_CHUNK_TOKENS = 256
+STEP_TOKENS = 9
+"""At most this many new tokens go through the CPU kernels' whole-model step in one call (one
+token and 8 drafted ones; a cancel waits for the call), more through transformers' forward."""
 KEPT_DOCUMENT_CACHES = 4
 KEPT_CACHES_BUDGET_BYTES = 1024 * 1024 * 1024
 
@@ -187,9 +190,9 @@ class Generator:
         """The logits after `token_ids`, fed after the cached tokens (which they extend);
         with `every_position`, [len(token_ids), vocab]: after each of them."""
         step = self.loaded.token_step
-        if step is not None and len(token_ids) == 1 and step.applies(cache):
-            logits = step(token_ids[0], cache)
-            return logits[None] if every_position else logits
+        if step is not None and len(token_ids) <= STEP_TOKENS and step.applies(cache):
+            logits = step(token_ids, cache)
+            return logits if every_position else logits[-1]
         inputs = torch.tensor([token_ids], device=self.loaded.device)
         keep = 0 if every_position else 1
         output = self.loaded.model(

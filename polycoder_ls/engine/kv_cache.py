@@ -72,14 +72,15 @@ class PreallocatedLayer(DynamicLayer):
         """The batch size (0 before the first update)."""
         return 0 if self._key_buffer is None else self._key_buffer.shape[0]
 
-    def append_row(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Room for one more token, counted as filled: the first sequence's keys and values
-        ([heads, length, dim], rows strided as in the buffer), whose last row the caller must
-        write."""
-        if self.length + 1 > self.capacity:
+    def append_rows(self, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Room for `count` more tokens, counted as filled: the first sequence's keys and
+        values ([heads, length, dim], rows strided as in the buffer), whose last `count` rows
+        the caller must write."""
+        if self.length + count > self.capacity:
             assert self._key_buffer is not None and self._value_buffer is not None
-            self._allocate(self._key_buffer, self._value_buffer, _round_up(2 * self.capacity))
-        self.length += 1
+            capacity = _round_up(max(self.length + count, 2 * self.capacity))
+            self._allocate(self._key_buffer, self._value_buffer, capacity)
+        self.length += count
         keys, values = self._expose()
         return keys[0], values[0]
 

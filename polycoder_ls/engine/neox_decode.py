@@ -111,25 +111,29 @@ class NeoXTokenStep:
             (layer.length, layer.sequences) for layer in layers
         } == {(layers[0].length, 1)}
 
-    def __call__(self, token: int, cache: DynamicCache) -> torch.Tensor:
-        """The logits [vocab] after `token`; its keys and values are appended to `cache`."""
+    def __call__(self, tokens: int | list[int], cache: DynamicCache) -> torch.Tensor:
+        """The logits after `tokens`, whose keys and values are appended to `cache`: [vocab]
+        after one token, [len(tokens), vocab] after a list (each after the ones before it)."""
+        ids = [tokens] if isinstance(tokens, int) else tokens
         position = cache.get_seq_length()
-        embedding = self.model.get_input_embeddings().weight[token]
-        cos, sin = self.model.gpt_neox.rotary_emb(embedding, torch.tensor([[position]]))
+        embeddings = self.model.get_input_embeddings().weight[ids]
+        positions = torch.arange(position, position + len(ids))[None]
+        cos, sin = self.model.gpt_neox.rotary_emb(embeddings, positions)
         pointers: list[int | None] = []
         head_strides = []
         for layer_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
             assert isinstance(cache_layer, PreallocatedLayer)
-            keys, values = cache_layer.append_row()
+            keys, values = cache_layer.append_rows(len(ids))
             pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
             head_strides.append(keys.stride(0))
         final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
-        return self.kernels.neox_token_step(
+        logits = self.kernels.neox_step(
             NeoXShape(**self.shape, position=position),
-            embedding,
+            embeddings,
             pointers,
             head_strides,
-            (cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()),
+            (cos.reshape(len(ids), -1).contiguous(), sin.reshape(len(ids), -1).contiguous()),
             (final_norm.weight, final_norm.bias),
             (getattr(head, "decode_weight", head.weight), head.bias),
         )
+        return logits[0] if isinstance(tokens, int) else logits

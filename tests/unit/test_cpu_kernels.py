@@ -213,6 +213,32 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
         torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_step_feeds_several_tokens_as_transformers_feeds_them(int8):
+    plain = _neox(False, 0.25)
+    fast = copy.deepcopy(plain)
+    if int8:
+        plain = with_int8_values(plain)
+    kernels = use_cpu_kernels(fast, int8=int8)
+    assert kernels is not None
+    step = NeoXTokenStep.for_model(fast, kernels)
+    assert step is not None
+    prompt = [1 + (i * 13) % 290 for i in range(250)]
+    expected_cache, cache = preallocated_cache(3, len(prompt)), preallocated_cache(3, len(prompt))
+    with torch.inference_mode():
+        plain(input_ids=torch.tensor([prompt]), cache=expected_cache)
+        fast(input_ids=torch.tensor([prompt]), cache=cache)
+        for chunk in ([7], [9, 250, 3], [5 + i for i in range(9)], [11, 12]):
+            expected = plain(input_ids=torch.tensor([chunk]), cache=expected_cache).logits[0]
+            got = step(chunk, cache)
+            assert got.shape == (len(chunk), 300)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 15
+    for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+
+
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
     kernels = CpuKernels.load()
     other_activation = _neox(False, 1.0, hidden_act="relu")
@@ -236,8 +262,16 @@ def test_the_generator_decodes_with_the_whole_model_step(tiny_model: Path, monke
         "doc", list(range(5, 60)), greedy, lambda _: False, lambda: False
     )
     assert stats.generated_tokens == 10
+    assert calls == [[token] for token, in calls], "one token a call"
     assert len(calls) == 9, "every token after the first comes from the step"
-    assert loaded.decode(calls) == text[: len(loaded.decode(calls))]
+    fed = [token for token, in calls]
+    assert loaded.decode(fed) == text[: len(loaded.decode(fed))]
+    generator = Generator(loaded)
+    generator.generate("doc", list(range(5, 60)), greedy, lambda _: False, lambda: False)
+    calls.clear()
+    typed = list(range(5, 65))
+    generator.generate("doc", typed, greedy, lambda _: False, lambda: False)
+    assert calls[0] == typed[55:], "a few typed tokens after the cached ones: one call"
 
 
 def test_int8_serves_the_greedy_text_of_transformers_on_the_int8_values(tiny_model: Path):
