@@ -238,8 +238,8 @@ async def run_server(
 ) -> dict[str, Any]:
     """One replay; `extra`: settings of a variant of polycoder-ls (--variant)."""
     settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
-    if naive:
-        settings["cache"] = {"size": 0}
+    if naive:  # the usual completion server: no cache, nothing done ahead
+        settings.update({"cache": {"size": 0}, "prefetch": False, "warmStart": False})
     else:
         settings.update({"dtype": args.dtype, **(extra or {})})
     client = await start_server(settings, *(["--naive"] if naive else []))

@@ -90,6 +90,12 @@ def _optional_url(value: Any) -> str | None:
     return _fail("must be an http:// or https:// URL such as http://gpu-box:8000/v1, or null")
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return _fail("must be true or false")
+
+
 def _string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
         return tuple(value)
@@ -244,6 +250,25 @@ class Settings:
             "the same forward pass as the new token, and kept while greedy decoding agrees "
             "(the text stays the same). 0: off.",
             _int_at_least(0),
+        ),
+    )
+    prefetch: bool = field(
+        default=True,
+        metadata=_doc(
+            "While a suggestion is shown and the model is idle, compute the one that follows "
+            "it once it is accepted, so that accepting answers at once. Any request or edit "
+            "stops it.",
+            _bool,
+        ),
+    )
+    warm_start: bool = field(
+        default=True,
+        metadata=_doc(
+            "When a document is opened, or edited far from the last suggestion, feed the text "
+            "before the end of the edit (the end of the document on open) to the model in the "
+            "background, so that the first suggestion there needs little prompt work. Any "
+            "request or edit stops it; what was fed is kept.",
+            _bool,
         ),
     )
     multiline: str = field(

@@ -9,14 +9,14 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .cache import CompletionCache
 from .config import Settings
-from .documents import Cursor, Document, DocumentStore, cursor_at
+from .documents import UTF8, Cursor, Document, DocumentStore, cursor_at
 from .engine_state import CancelSignal, CompletionOutcome, EngineStatus
 from .neighbors import Neighbors
 from .postprocess import Suggestion
@@ -45,6 +45,13 @@ class CompletionEngine(Protocol):
 
     def forget(self, key: str) -> None:
         """Drop what is kept for document `key` (its KV cache)."""
+        ...
+
+    def warm(
+        self, key: str, cursor: Cursor, settings: Settings, cancel: CancelSignal
+    ) -> Future[bool]:
+        """Compute the prompt's part of the work for `cursor` ahead of a request (kept as far
+        as it got when `cancel` is set); True: the whole prompt was fed."""
         ...
 
 
@@ -95,6 +102,42 @@ class Jobs:
         return len(self._running)
 
 
+class Background:
+    """The one piece of work done before it is asked for: a prefetch or a warm start. Every
+    request, edit, open, close or model load stops it first, so it never delays what a user
+    waits for by more than one decode step."""
+
+    def __init__(self) -> None:
+        self._job: Job | None = None
+        self._numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, uri: str, version: int) -> Job:
+        self.cancel()
+        self._job = Job(uri, version, next(self._numbers))
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel.set()
+            self._job = None
+
+    def run(self, work: Coroutine[None, None, None]) -> None:
+        """Run `work` on the event loop; its task is kept until it ends."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until the background work started so far has ended (for tests)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+JUMP_LINES = 2
+"""An edit further than this many lines from the last edit or request moved the cursor."""
+
+
 @dataclass(frozen=True)
 class Change:
     """A didChange content change: `range` None replaces the whole text."""
@@ -117,6 +160,9 @@ class CompletionPipeline:
         self.documents = DocumentStore()
         self.neighbors = Neighbors()
         self.jobs = Jobs()
+        self.background = Background()
+        self._cursor_lines: dict[str, int] = {}
+        """The line of each document's last edit or request: where its cursor is."""
         self.metrics = Metrics()
         self._cache_settings = settings.cache
         self.cache = self._new_cache()
@@ -124,29 +170,67 @@ class CompletionPipeline:
 
     # Documents -------------------------------------------------------------------------------
 
-    def open(self, uri: str, language_id: str, version: int, text: str) -> None:
+    def open(
+        self,
+        uri: str,
+        language_id: str,
+        version: int,
+        text: str,
+        settings: Settings | None = None,
+        folders: tuple[str, ...] = (),
+    ) -> None:
+        """With `settings` whose `warmStart` is on: the prompt for a cursor at the end of the
+        document is fed to the model in the background (see `change`)."""
+        self.background.cancel()
         self.jobs.cancel(uri)
         self.documents.open(uri, language_id, version, text)
+        document = self.documents.get(uri)
+        if settings is not None and document is not None:
+            self._cursor_lines[uri] = document.position_at(len(document), UTF8)[0]
+            self._warm(document, len(document), settings, folders)
 
-    def change(self, uri: str, version: int, changes: Sequence[Change], encoding: str) -> bool:
-        """Apply edits in order (positions out of range are clamped); False: not open."""
+    def change(
+        self,
+        uri: str,
+        version: int,
+        changes: Sequence[Change],
+        encoding: str,
+        settings: Settings | None = None,
+        folders: tuple[str, ...] = (),
+    ) -> bool:
+        """Apply edits in order (positions out of range are clamped); False: not open. With
+        `settings` whose `warmStart` is on, an edit more than JUMP_LINES lines from the last
+        edit or request (the cursor jumped) warms the prompt for a cursor after it."""
         document = self.documents.get(uri)
         if document is None:
             return False
+        self.background.cancel()
         self.jobs.cancel(uri)
+        edited: tuple[int, int] | None = None
+        """The last edit's line and the offset after its text."""
         for change in changes:
             if change.range is None:
                 document.replace(0, len(document), change.text)
+                edited = None
             else:
                 (start_line, start_char), (end_line, end_char) = change.range
                 start = document.offset_at(start_line, start_char, encoding)
                 end = document.offset_at(end_line, end_char, encoding)
                 document.replace(start, end, change.text)
                 self.neighbors.edited(uri, start_line)
+                edited = (start_line, start + len(change.text))
         document.version = version
+        if edited is not None and settings is not None:
+            line, offset = edited
+            jumped = abs(line - self._cursor_lines.get(uri, line)) > JUMP_LINES
+            self._cursor_lines[uri] = line
+            if jumped:
+                self._warm(document, offset, settings, folders)
         return True
 
     def close(self, uri: str) -> None:
+        self.background.cancel()
+        self._cursor_lines.pop(uri, None)
         self.jobs.cancel(uri)
         self.documents.close(uri)
         self.cache.forget_document(uri)
@@ -166,6 +250,7 @@ class CompletionPipeline:
     def model_loading(self, loaded: asyncio.Future[EngineStatus]) -> None:
         """A new model is on its way: running jobs end, earlier answers are dropped, requests
         wait for `loaded`."""
+        self.background.cancel()
         self.jobs.cancel_all()
         self.cache = self._new_cache()
         self._model_loaded = loaded
@@ -192,10 +277,12 @@ class CompletionPipeline:
         files' snippets come only from the folder of `uri`)."""
         started = time.perf_counter()
         self.metrics.totals.requests += 1
+        self.background.cancel()
         document = self.documents.get(uri)
         if document is None:
             log.warning("completion requested for a document that is not open: %s", uri)
             return None
+        self._cursor_lines[uri] = position[0]
         job = self.jobs.start(uri, document.version)
         try:
             if version is not None and version != document.version:
@@ -215,9 +302,63 @@ class CompletionPipeline:
                 return None
             start = document.position_at(offset, encoding)
             end = document.position_at(offset + suggestion.replaced_chars, encoding)
+            if settings.prefetch and suggestion.text:
+                self._prefetch(document, offset, suggestion, settings, folders)
             return Completion(suggestion, start, end)
         finally:
             self.jobs.end(job)
+
+    def _prefetch(
+        self,
+        document: Document,
+        offset: int,
+        shown: Suggestion,
+        settings: Settings,
+        folders: tuple[str, ...],
+    ) -> None:
+        """Compute and cache, in the background, the suggestion that follows `shown` at
+        `offset` once it is accepted."""
+        accepted = Document(document.uri, document.language_id, document.version, document.text)
+        accepted.replace(offset, offset + shown.replaced_chars, shown.text)
+        self._in_background(self._fill_cache, accepted, offset + len(shown.text), settings, folders)
+
+    def _warm(
+        self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
+    ) -> None:
+        if settings.warm_start and document.language_id not in settings.disabled_languages:
+            self._in_background(self._feed_prompt, document, offset, settings, folders)
+
+    def _in_background(
+        self,
+        work: Callable[[Job, Cursor, Settings], Coroutine[None, None, None]],
+        document: Document,
+        offset: int,
+        settings: Settings,
+        folders: tuple[str, ...],
+    ) -> None:
+        """Start `work` for a cursor at `offset` of `document` as the background job."""
+        line = document.position_at(offset, UTF8)[0]
+        cursor = self._with_snippets(cursor_at(document, offset), document, line, settings, folders)
+        job = self.background.start(document.uri, document.version)
+        self.background.run(work(job, cursor, settings))
+
+    async def _fill_cache(self, job: Job, cursor: Cursor, settings: Settings) -> None:
+        if not await self._worth_starting(job, cursor):
+            return
+        cache = self.cache
+        outcome = await asyncio.wrap_future(
+            self.engine.complete(job.uri, cursor, settings, job.cancel)
+        )
+        if outcome.stats.cancelled or job.cancelled or cache is not self.cache:
+            return
+        cache.store(job.uri, cursor, outcome.suggestion)
+        self.metrics.totals.prefetched += 1
+
+    async def _feed_prompt(self, job: Job, cursor: Cursor, settings: Settings) -> None:
+        if not await self._worth_starting(job, cursor):
+            return
+        if await asyncio.wrap_future(self.engine.warm(job.uri, cursor, settings, job.cancel)):
+            self.metrics.totals.warm_starts += 1
 
     def _with_snippets(
         self,
@@ -257,6 +398,12 @@ class CompletionPipeline:
         if cache is self.cache:  # not answered under settings or a model since replaced
             cache.store(job.uri, cursor, outcome.suggestion)
         return outcome.suggestion
+
+    async def _worth_starting(self, job: Job, cursor: Cursor) -> bool:
+        """Background work for `cursor`: not if its answer is cached, nor once it is stopped."""
+        if self.cache.lookup(job.uri, cursor)[0]:
+            return False
+        return await self._model_ready() and not job.cancelled
 
     async def _model_ready(self) -> bool:
         if self.engine.status.state == "loading" and self._model_loaded is not None:

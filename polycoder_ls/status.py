@@ -46,6 +46,10 @@ class Totals:
     accepted: int = 0
     partially_accepted: int = 0
     accepted_chars: int = 0
+    prefetched: int = 0
+    """Suggestions computed while the one before them was shown, ready when it is accepted."""
+    warm_starts: int = 0
+    """Prompts fed in the background after an open or a cursor jump, before any request."""
 
 
 @dataclass

@@ -209,6 +209,27 @@ class Engine:
         """Drop everything kept for document `key` (its KV cache)."""
         self._worker.submit(lambda: self._forget(key))
 
+    def warm(
+        self,
+        key: str,
+        cursor: Cursor,
+        settings: Settings,
+        cancel: threading.Event,
+    ) -> Future[bool]:
+        """Queue the prefill of `cursor`'s prompt into document `key`'s KV cache, stopped
+        within one matrix product once `cancel` is set (what was fed is kept). Not for the
+        naive baseline."""
+        return self._worker.submit(lambda: self._warm(key, cursor, settings, cancel))
+
+    def _warm(self, key: str, cursor: Cursor, settings: Settings, cancel: threading.Event) -> bool:
+        generator = self._generator
+        if cancel.is_set() or generator is None or self._naive:
+            return False
+        plan = plan_completion(cursor, generator.loaded, settings)
+        if not plan.prompt.token_ids:
+            return False
+        return generator.prefill(key, plan.prompt.token_ids, plan.max_new_tokens, cancel.is_set)
+
     def _forget(self, key: str) -> None:
         if self._generator is not None:
             self._generator.forget(key)

@@ -39,6 +39,11 @@ class Backend:
     def forget(self, key: str) -> None:
         self.local.forget(key)
 
+    def warm(
+        self, key: str, cursor: Cursor, settings: Settings, cancel: CancelSignal
+    ) -> Future[bool]:
+        return self._active.warm(key, cursor, settings, cancel)
+
     def stop(self, wait: bool = False) -> None:
         self.remote.stop(wait)
         self.local.stop(wait)

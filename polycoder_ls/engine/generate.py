@@ -209,6 +209,24 @@ class Generator:
         assert logits is not None, "_take_state leaves at least one prompt token to feed"
         return logits
 
+    def prefill(
+        self, key: str, prompt: list[int], new_tokens: int, cancelled: Callable[[], bool]
+    ) -> bool:
+        """Feed `prompt` into document `key`'s cache ahead of a request (room kept for
+        `new_tokens` more); True: all of it, False: cancelled (what was fed is kept)."""
+        state = self._take_state(key, prompt, new_tokens)
+        self._cancelled = cancelled
+        try:
+            with torch.inference_mode():
+                self._prefill(state, prompt)
+            return True
+        except _Cancelled:
+            return False
+        finally:
+            self._cancelled = _never
+            if self.reuse_kv:
+                self._keep_state(key, state)
+
     def generate(
         self,
         key: str,

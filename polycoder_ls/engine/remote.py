@@ -97,6 +97,14 @@ class RemoteEngine:
     def forget(self, key: str) -> None:
         """Nothing is kept here per document (the server keeps its prefix cache)."""
 
+    def warm(
+        self, key: str, cursor: Cursor, settings: Settings, cancel: threading.Event
+    ) -> Future[bool]:
+        """Nothing to feed ahead here: the server's own prefix cache is its business."""
+        done: Future[bool] = Future()
+        done.set_result(False)
+        return done
+
     def _end_connection(self) -> None:
         if self._connection is not None:
             self._connection.ended.set()

@@ -26,13 +26,28 @@ def register(server: PolycoderLanguageServer) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: PolycoderLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
         document = params.text_document
-        ls.pipeline.open(document.uri, document.language_id, document.version, document.text)
+        ls.pipeline.open(
+            document.uri,
+            document.language_id,
+            document.version,
+            document.text,
+            ls.settings,
+            ls.workspace_folders(),
+        )
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: PolycoderLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
         document = params.text_document
         changes = [_change(change) for change in params.content_changes]
-        if not ls.pipeline.change(document.uri, document.version, changes, ls.position_encoding):
+        known = ls.pipeline.change(
+            document.uri,
+            document.version,
+            changes,
+            ls.position_encoding,
+            ls.settings,
+            ls.workspace_folders(),
+        )
+        if not known:
             log.warning("didChange for a document that is not open: %s", document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)

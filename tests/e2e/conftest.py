@@ -73,6 +73,11 @@ class Editor:
             )
         )
 
+    def close(self, uri: str) -> None:
+        self.client.text_document_did_close(
+            types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri))
+        )
+
     def edit(self, uri: str, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
         self.versions[uri] += 1
         change = types.TextDocumentContentChangePartial(

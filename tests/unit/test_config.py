@@ -14,6 +14,8 @@ DESIGN_DEFAULTS = {
     "temperature": 0.0,
     "topP": 0.95,
     "draftTokens": 0,  # issue 16
+    "prefetch": True,  # issue 16
+    "warmStart": True,  # issue 16
     "multiline": "auto",
     "stop": [],
     "cache": {"size": 256, "ttlSeconds": 600},

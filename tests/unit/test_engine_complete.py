@@ -81,3 +81,36 @@ def test_the_prompt_with_its_bos_keeps_the_exact_budget():
         ids = model_prompt(prefix, fake, settings).token_ids  # type: ignore[arg-type]
         assert ids[0] == 1 and len(ids) <= 8
         assert ids[1:] == [ord(char) for char in prefix[-(len(ids) - 1) :]]
+
+
+LONG_TEXT = TEXT + "".join(f"value_{n} = read_file('data_{n}.txt')\n" for n in range(60))
+
+
+def test_a_warm_start_feeds_the_prompt_ahead_and_changes_no_text(loaded):
+    prompt = loaded.tokenize(LONG_TEXT)[0]
+    assert len(prompt) > 2 * 256, "the prompt spans several prefill chunks"
+    cold_text, cold = Generator(loaded).generate("doc", prompt, GREEDY, never, never)
+    assert cold.reused_tokens == 0
+    generator = Generator(loaded)
+    assert generator.prefill("doc", prompt, GREEDY.max_new_tokens, never)
+    text, warm = generator.generate("doc", prompt, GREEDY, never, never)
+    assert text == cold_text and warm.reused_tokens == len(prompt) - 1
+
+
+def test_a_stopped_warm_start_keeps_what_it_fed(loaded):
+    prompt = loaded.tokenize(LONG_TEXT)[0]
+    cold_text, _ = Generator(loaded).generate("doc", prompt, GREEDY, never, never)
+    counted: list[int] = []
+
+    def counting() -> bool:
+        counted.append(1)
+        return False
+
+    Generator(loaded).prefill("doc", prompt, 16, counting)
+    generator = Generator(loaded)
+    checks = iter(range(len(counted)))
+    # Stopped half way through its cancel checks: some of the prompt went in, not all.
+    assert not generator.prefill("doc", prompt, 16, lambda: next(checks) >= len(counted) // 2)
+    text, warm = generator.generate("doc", prompt, GREEDY, never, never)
+    assert 0 < warm.reused_tokens < len(prompt) - 1
+    assert text == cold_text

@@ -17,6 +17,8 @@ from polycoder_ls.pipeline import Change, CompletionPipeline
 from polycoder_ls.postprocess import Suggestion
 
 URI = "file:///work/p.py"
+SETTINGS = Settings(prefetch=False)
+"""Only the tests of background work see it: the others count the engine's calls."""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class FakeEngine:
         self.status = EngineStatus("ready", "fake")
         self.calls: list[Call] = []
         self.forgotten: list[str] = []
+        self.warms: list[Call] = []
 
     def complete(self, key, cursor, settings, cancel) -> Future:
         self.calls.append(Call(key, cursor, settings, cancel))
@@ -47,6 +50,10 @@ class FakeEngine:
 
     def forget(self, key: str) -> None:
         self.forgotten.append(key)
+
+    def warm(self, key, cursor, settings, cancel) -> Future:
+        self.warms.append(Call(key, cursor, settings, cancel))
+        return self.warms[-1].future
 
 
 @pytest.fixture
@@ -56,13 +63,13 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def pipeline(engine) -> CompletionPipeline:
-    return CompletionPipeline(engine, Settings())
+    return CompletionPipeline(engine, SETTINGS)
 
 
 async def started(pipeline, position, settings=None, encoding=UTF16) -> asyncio.Task:
     """A completion request, run until it waits on the engine."""
     calls = len(pipeline.engine.calls)
-    task = asyncio.ensure_future(pipeline.complete(URI, position, encoding, settings or Settings()))
+    task = asyncio.ensure_future(pipeline.complete(URI, position, encoding, settings or SETTINGS))
     for _ in range(100):
         if len(pipeline.engine.calls) > calls or task.done():
             return task
@@ -101,7 +108,7 @@ async def test_a_new_request_cancels_the_older_one_of_its_document_only(pipeline
     pipeline.open(URI, "python", 1, "x = \n")
     pipeline.open("file:///other.py", "python", 1, "y = \n")
     await started(pipeline, (0, 4))
-    other = asyncio.ensure_future(pipeline.complete("file:///other.py", (0, 4), UTF16, Settings()))
+    other = asyncio.ensure_future(pipeline.complete("file:///other.py", (0, 4), UTF16, SETTINGS))
     await asyncio.sleep(0)
     await started(pipeline, (0, 3))
     first, second_document, latest = engine.calls
@@ -131,7 +138,7 @@ async def test_a_cancelled_generation_is_not_cached(pipeline, engine):
 async def test_no_suggestion_is_cached_and_a_repeat_needs_no_engine(pipeline, engine):
     pipeline.open(URI, "python", 1, "x = \n")
     assert await answered(pipeline, (0, 4), None) is None
-    assert await pipeline.complete(URI, (0, 4), UTF16, Settings()) is None
+    assert await pipeline.complete(URI, (0, 4), UTF16, SETTINGS) is None
     assert len(engine.calls) == 1
     assert pipeline.metrics.totals.cache_hits == 1
 
@@ -140,7 +147,7 @@ async def test_typing_through_a_suggestion_needs_no_engine(pipeline, engine):
     pipeline.open(URI, "python", 1, "x = \n")
     await answered(pipeline, (0, 4), "compute()")
     type_text(pipeline, 2, (0, 4), "co")
-    completion = await pipeline.complete(URI, (0, 6), UTF16, Settings())
+    completion = await pipeline.complete(URI, (0, 6), UTF16, SETTINGS)
     assert completion.suggestion.text == "mpute()" and len(engine.calls) == 1
 
 
@@ -204,7 +211,7 @@ async def test_a_disabled_language_or_unknown_document_gets_nothing(pipeline, en
     pipeline.open(URI, "python", 1, "x = \n")
     settings = Settings(disabled_languages=("python",))
     assert await pipeline.complete(URI, (0, 4), UTF16, settings) is None
-    assert await pipeline.complete("file:///never.py", (0, 0), UTF16, Settings()) is None
+    assert await pipeline.complete("file:///never.py", (0, 0), UTF16, SETTINGS) is None
     assert engine.calls == []
 
 
@@ -215,6 +222,128 @@ async def test_a_change_to_a_document_not_open_is_refused(pipeline):
 async def test_a_request_read_before_an_edit_it_had_not_seen_runs_no_model(pipeline, engine):
     pipeline.open(URI, "python", 1, "x = \n")
     type_text(pipeline, 2, (0, 4), "1")  # read after the request, handled before it started
-    request = pipeline.complete(URI, (0, 4), UTF16, Settings(), version=1)
+    request = pipeline.complete(URI, (0, 4), UTF16, SETTINGS, version=1)
     assert await asyncio.wait_for(request, 30) is None  # the fake engine would never answer
     assert engine.calls == []
+
+
+# Work done before it is asked for -----------------------------------------------------------
+
+BACKGROUND = Settings(prefetch=True, warm_start=True)
+
+
+async def until(condition) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def shown(pipeline, engine, text, position, suggestion, replaced=0):
+    """Open `text`, answer a request at `position` with `suggestion` under BACKGROUND
+    settings and wait for the prefetch's call to the engine."""
+    pipeline.open(URI, "python", 1, text)
+    task = await started(pipeline, position, BACKGROUND)
+    engine.calls[-1].answer(suggestion, replaced)
+    completion = await task
+    await until(lambda: len(engine.calls) == 2)
+    return completion
+
+
+async def test_the_suggestion_after_an_accepted_one_is_ready_when_it_is_accepted(pipeline, engine):
+    await shown(pipeline, engine, "total = \nprint(total)\n", (0, 8), "price * count")
+    prefetch = engine.calls[1]
+    assert prefetch.cursor.prefix == "total = price * count"
+    assert prefetch.cursor.following_text == "\nprint(total)\n"
+    prefetch.answer("  # the bill")
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.prefetched == 1
+    type_text(pipeline, 2, (0, 8), "price * count")  # Tab
+    completion = await pipeline.complete(URI, (0, 21), UTF16, SETTINGS)
+    assert completion.suggestion.text == "  # the bill"
+    assert len(engine.calls) == 2 and pipeline.metrics.last.cache_hit
+
+
+async def test_the_prefetch_accepts_the_closers_the_suggestion_retypes(pipeline, engine):
+    await shown(pipeline, engine, "f(a, )\n", (0, 5), "b)", replaced=1)
+    assert engine.calls[1].cursor.prefix == "f(a, b)"
+    assert engine.calls[1].cursor.line_suffix == ""
+
+
+@pytest.mark.parametrize("interruption", ["edit", "request elsewhere", "close", "open"])
+async def test_anything_the_user_does_stops_the_prefetch_and_its_answer_is_not_kept(
+    pipeline, engine, interruption
+):
+    await shown(pipeline, engine, "total = \n", (0, 8), "price")
+    prefetch = engine.calls[1]
+    if interruption == "edit":
+        type_text(pipeline, 2, (0, 8), "q")
+    elif interruption == "request elsewhere":
+        pipeline.open("file:///other.py", "python", 1, "y = \n")
+        await started_at(pipeline, "file:///other.py", (0, 4))
+    elif interruption == "close":
+        pipeline.close(URI)
+    else:
+        pipeline.open("file:///other.py", "python", 1, "y = \n")
+    assert prefetch.cancel.is_set()
+    prefetch.answer(" + tax")  # an engine that finishes in spite of the cancel
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.prefetched == 0
+
+
+async def started_at(pipeline, uri, position) -> asyncio.Task:
+    calls = len(pipeline.engine.calls)
+    task = asyncio.ensure_future(pipeline.complete(uri, position, UTF16, SETTINGS))
+    await until(lambda: len(pipeline.engine.calls) > calls)
+    return task
+
+
+async def test_no_prefetch_when_it_is_off_or_nothing_was_suggested(pipeline, engine):
+    pipeline.open(URI, "python", 1, "total = \n")
+    await answered(pipeline, (0, 8), "price")  # SETTINGS: prefetch off
+    task = await started(pipeline, (0, 7), BACKGROUND)
+    engine.calls[-1].answer(None)
+    assert await task is None
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert len(engine.calls) == 2
+
+
+async def test_opening_a_document_warms_the_prompt_at_its_end(pipeline, engine):
+    text = "def f(x):\n    return x\n\nprint(f(2))\n"
+    pipeline.open(URI, "python", 1, text, BACKGROUND)
+    await until(lambda: engine.warms)
+    assert engine.warms[0].cursor.prefix == text and engine.warms[0].key == URI
+    engine.warms[0].answer(None)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.warm_starts == 1
+
+
+async def test_a_request_stops_the_warm_start(pipeline, engine):
+    pipeline.open(URI, "python", 1, "x = 1\ny = \n", BACKGROUND)
+    await until(lambda: engine.warms)
+    await started(pipeline, (1, 4))
+    assert engine.warms[0].cancel.is_set()
+    engine.warms[0].future.set_result(False)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.warm_starts == 0
+
+
+async def test_an_edit_far_from_the_cursor_warms_the_prompt_after_it(pipeline, engine):
+    lines = [f"line_{number} = {number}\n" for number in range(40)]
+    pipeline.open(URI, "python", 1, "".join(lines))
+    await answered(pipeline, (30, 0), None)
+    near = Change("x", ((32, 0), (32, 0)))
+    pipeline.change(URI, 2, [near], UTF16, BACKGROUND)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert engine.warms == []
+    far = Change("y = ", ((5, 0), (5, 0)))
+    pipeline.change(URI, 3, [far], UTF16, BACKGROUND)
+    await until(lambda: engine.warms)
+    assert engine.warms[0].cursor.prefix == "".join(lines[:5]) + "y = "
+    off = Settings(warm_start=False)
+    pipeline.change(URI, 4, [Change("z", ((20, 0), (20, 0)))], UTF16, off)
+    assert engine.warms[0].cancel.is_set()
+    engine.warms[0].future.set_result(False)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert len(engine.warms) == 1
