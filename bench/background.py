@@ -85,6 +85,8 @@ def closed(client: LanguageClient, uri: str) -> None:
 
 async def accept_run(client: LanguageClient, args: Any, prefetch: bool) -> dict[str, Any]:
     latencies: list[float] = []
+    server_ms: list[float] = []
+    """The same requests at the server: the answer's latencyMs in polycoder/status."""
     texts: list[str] = []
     for language, path in source_files()[: args.files]:
         lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
@@ -113,12 +115,14 @@ async def accept_run(client: LanguageClient, args: Any, prefetch: bool) -> dict[
             text += shown
             shown, _ = await ask(client, uri, text)
             latencies.append((time.perf_counter() - started) * 1000)
+            server_ms.append((await status(client)).last.latencyMs)
             texts.append(shown)
         closed(client, uri)
     return {
         "acceptToNextSuggestionMs": {
             "p50": round(statistics.median(latencies), 2) if latencies else None,
             "n": len(latencies),
+            "serverP50": round(statistics.median(server_ms), 2) if server_ms else None,
         },
         "texts": texts,
     }

@@ -60,11 +60,7 @@ def run(*command: str, cwd: Path) -> None:
 
 def _debian(package: str, downloads: Path, unpacked: Path) -> dict[str, str]:
     if not list(downloads.glob(f"{package}_*.deb")):
-        try:
-            run("apt-get", "download", package, cwd=downloads)
-        except subprocess.CalledProcessError:
-            run("apt-get", "update", cwd=downloads)
-            run("apt-get", "download", package, cwd=downloads)
+        run("apt-get", "download", package, cwd=downloads)
     deb = sorted(downloads.glob(f"{package}_*.deb"))[-1]
     target = unpacked / package
     if not target.exists():
@@ -121,6 +117,9 @@ def _fetch(out: Path) -> list[tuple[dict[str, str], Path]]:
     downloads, unpacked = out / "downloads", out / "unpacked"
     downloads.mkdir(parents=True, exist_ok=True)
     unpacked.mkdir(parents=True, exist_ok=True)
+    if any(not list(downloads.glob(f"{package}_*.deb")) for package in DEBIAN):
+        # Stale package lists would fetch older versions than the manifest's: another corpus.
+        run("apt-get", "update", cwd=downloads)
     fetched = [(_debian(p, downloads, unpacked), unpacked / p) for p in DEBIAN]
     fetched += [(_pypi(r, downloads, unpacked), unpacked / r.split("==")[0]) for r in PYPI]
     fetched += [(_npm(s, downloads, unpacked), unpacked / s.rsplit("@", 1)[0]) for s in NPM]

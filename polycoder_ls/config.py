@@ -257,7 +257,7 @@ class Settings:
         metadata=_doc(
             "While a suggestion is shown and the model is idle, compute the one that follows "
             "it once it is accepted, so that accepting answers at once. Any request or edit "
-            "stops it.",
+            "stops it. In-process models only: a shared server's time is not spent on guesses.",
             _bool,
         ),
     )

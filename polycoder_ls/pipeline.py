@@ -302,7 +302,7 @@ class CompletionPipeline:
                 return None
             start = document.position_at(offset, encoding)
             end = document.position_at(offset + suggestion.replaced_chars, encoding)
-            if settings.prefetch and suggestion.text:
+            if settings.prefetch and suggestion.text and self.engine.status.backend == "local":
                 self._prefetch(document, offset, suggestion, settings, folders)
             return Completion(suggestion, start, end)
         finally:

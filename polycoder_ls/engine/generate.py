@@ -219,13 +219,14 @@ class Generator:
         try:
             with torch.inference_mode():
                 self._prefill(state, prompt)
-            return True
+            fed = True
         except _Cancelled:
-            return False
+            fed = False
         finally:
             self._cancelled = _never
-            if self.reuse_kv:
-                self._keep_state(key, state)
+        if self.reuse_kv:
+            self._keep_state(key, state)
+        return fed
 
     def generate(
         self,

@@ -100,7 +100,7 @@ class RemoteEngine:
     def warm(
         self, key: str, cursor: Cursor, settings: Settings, cancel: threading.Event
     ) -> Future[bool]:
-        """Nothing to feed ahead here: the server's own prefix cache is its business."""
+        """Nothing is fed ahead: a shared server's time is not spent on guesses."""
         done: Future[bool] = Future()
         done.set_result(False)
         return done

@@ -347,3 +347,13 @@ async def test_an_edit_far_from_the_cursor_warms_the_prompt_after_it(pipeline, e
     engine.warms[0].future.set_result(False)
     await asyncio.wait_for(pipeline.background.idle(), 10)
     assert len(engine.warms) == 1
+
+
+async def test_a_shared_server_is_not_asked_for_guesses(pipeline, engine):
+    engine.status = EngineStatus("ready", "fake", backend="remote")
+    pipeline.open(URI, "python", 1, "total = \n")
+    task = await started(pipeline, (0, 8), BACKGROUND)
+    engine.calls[-1].answer("price")
+    assert (await task).suggestion.text == "price"
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert len(engine.calls) == 1
