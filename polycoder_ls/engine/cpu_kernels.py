@@ -102,13 +102,16 @@ def _cpu_has_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
 
 
-def _compiler_version(compiler: str) -> str:
+def _compiler_identity(compiler: str) -> str:
+    """The compiler's file, its size and modification time: another compiler or an upgrade
+    builds anew. Not its `--version`: running it would start a compiler outside `_build`'s
+    process group, which a terminated server could not end."""
+    path = Path(shutil.which(compiler) or compiler).resolve()
     try:
-        return subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
+        stat = path.stat()
+    except OSError:
+        return str(path)
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
 
 class NeoXShape(ctypes.Structure):
@@ -135,7 +138,7 @@ class CpuKernels:
         if not _cpu_has_avx2():
             raise KernelUnavailable("the CPU lacks AVX2/FMA/F16C")
         compiler = _compiler()
-        key = [SOURCE.read_bytes(), " ".join(COMPILE_FLAGS), compiler, _compiler_version(compiler)]
+        key = [SOURCE.read_bytes(), " ".join(COMPILE_FLAGS), _compiler_identity(compiler)]
         digest = hashlib.sha256(repr(key).encode())
         library_path = _cache_directory() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
         try:

@@ -300,3 +300,15 @@ def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypa
     assert "compiling broken.c failed" in caplog.text
     assert not any(isinstance(module, KernelLinear) for module in model.modules())
     assert model.config._attn_implementation != cpu_kernels.ATTENTION_NAME
+
+
+def test_the_kernel_cache_tells_compilers_apart_without_running_them(tmp_path):
+    from polycoder_ls.engine.cpu_kernels import _compiler_identity
+
+    compiler = tmp_path / "cc"
+    compiler.write_text("#!/bin/sh\ntouch ran\n")
+    first = _compiler_identity(str(compiler))
+    assert first == _compiler_identity(str(compiler))
+    compiler.write_text("#!/bin/sh\ntouch ran # upgraded\n")
+    assert _compiler_identity(str(compiler)) != first
+    assert not (tmp_path / "ran").exists() and not Path("ran").exists()
