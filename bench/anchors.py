@@ -12,8 +12,8 @@ rotated each round, and the bandwidth is read before each round (this shared mac
 tens of percent over minutes: compare within one run). Reported: min and median over rounds.
 
 Quality beside the speed: teacher-forced greedy agreement with float32 over the first 16 decode
-steps and the largest logit difference, for our int8 (random weights give flat logits, where
-near-ties flip; `polycoder-ls eval --dtype int8` measures the perplexity cost on real code).
+steps and the largest logit difference, for our int8 and int4 (random weights give flat logits,
+where near-ties flip; `polycoder-ls eval --dtype int8` measures the perplexity cost on real code).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-OURS = ("float32", "int8")
+OURS = ("float32", "int8", "int4")
 LLAMA_FORMATS = ("f32", "q8_0", "q4_0")
 THREADS = 2
 GREEDY_CHECK_STEPS = 16
@@ -127,7 +127,7 @@ def to_gguf(llama_cpp: Path, model: Path, out: Path) -> dict[str, Path]:
 
 
 def greedy_agreement(model: Path, context: int) -> dict[str, Any]:
-    """int8 against float32, teacher-forced on float32's greedy tokens."""
+    """int8 and int4 against float32, teacher-forced on float32's greedy tokens."""
     import torch
 
     from polycoder_ls.config import Settings
@@ -150,17 +150,24 @@ def greedy_agreement(model: Path, context: int) -> dict[str, Any]:
         return tokens, steps
 
     reference_tokens, reference = logits_along("float32", None)
-    _, quantized = logits_along("int8", reference_tokens)
-    agree = sum(int(q.argmax()) == t for q, t in zip(quantized, reference_tokens, strict=True))
-    difference = max(float((q - r).abs().max()) for q, r in zip(quantized, reference, strict=True))
-    return {"int8Top1Agreement": f"{agree}/{GREEDY_CHECK_STEPS}", "int8MaxLogitDiff": difference}
+    result = {}
+    for dtype in ("int8", "int4"):
+        _, quantized = logits_along(dtype, reference_tokens)
+        pairs = list(zip(quantized, reference_tokens, strict=True))
+        result[f"{dtype}Top1Agreement"] = (
+            f"{sum(int(q.argmax()) == t for q, t in pairs)}/{GREEDY_CHECK_STEPS}"
+        )
+        result[f"{dtype}MaxLogitDiff"] = max(
+            float((q - r).abs().max()) for q, r in zip(quantized, reference, strict=True)
+        )
+    return result
 
 
 def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
     """Bytes one decode step reads at `context` tokens / bandwidth, per format: the weights less
     the input embedding, our float32 KV cache, llama.cpp's float16 one. q4_0 stores 18 bytes a
-    group of 32, q8_0 34 and our int8 32 + a float16 scale; q6_K (llama.cpp's q4_0 output
-    layer) 210 bytes a block of 256."""
+    group of 32, q8_0 34, our int8 32 + a float16 scale and our int4 16 + one; q6_K (llama.cpp's
+    q4_0 output layer) 210 bytes a block of 256."""
     config = json.loads((model / "config.json").read_text())
     hidden, layers, rows = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     matrices = layers * 12 * hidden * hidden
@@ -174,6 +181,7 @@ def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
     return {
         "polycoder-ls float32": ms(4 * (matrices + head), 4 * kv_values),
         "polycoder-ls int8": ms(34 / 32 * (matrices + head), 4 * kv_values),
+        "polycoder-ls int4": ms(18 / 32 * (matrices + head), 4 * kv_values),
         "llama.cpp f32": ms(4 * (matrices + head), 2 * kv_values),
         "llama.cpp q8_0": ms(34 / 32 * (matrices + head), 2 * kv_values),
         "llama.cpp q4_0": ms(18 / 32 * matrices + 210 / 256 * head, 2 * kv_values),

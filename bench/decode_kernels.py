@@ -40,7 +40,7 @@ def matrix_vector(kernels: CpuKernels, inputs: int, outputs: int) -> tuple[float
     nbytes = sum(weight.nbytes for weight in weights)
     linear = gb_per_s(lambda: [functional.linear(row, w, bias) for w in weights], nbytes)
     input_major = gb_per_s(lambda: [torch.addmm(bias, row, w) for w in transposed], nbytes)
-    kernel = gb_per_s(lambda: [kernels.gemv(w, row[0], bias) for w in weights], nbytes)
+    kernel = gb_per_s(lambda: [kernels.gemm(w, row[0], bias) for w in weights], nbytes)
     return linear, input_major, kernel
 
 

@@ -39,7 +39,7 @@ def bandwidth_gbps() -> dict[str, float]:
     try:
         kernels = CpuKernels.load()
         row = torch.ones(1024)
-        result["kernel"] = _best_gbps(lambda: kernels.gemv(matrix, row, None), matrix.nbytes)
+        result["kernel"] = _best_gbps(lambda: kernels.gemm(matrix, row, None), matrix.nbytes)
     except KernelUnavailable:
         pass
     result["best"] = max(result.values())
@@ -57,12 +57,12 @@ def bandwidth_around(measure: Callable[[], Result]) -> tuple[Result, dict[str, f
 
 def bytes_per_decode_step(model: Any, context: int) -> tuple[int, int]:
     """Weight bytes and KV-cache bytes one decode step must read at `context` tokens (the input
-    embedding contributes one row, so it is left out; a matrix with int8 weights counts those)."""
+    embedding contributes one row, so it is left out; a quantized matrix counts its bytes)."""
     config = model.config
     weights = sum(p.nbytes for name, p in model.named_parameters() if "embed_in" not in name)
     for module in model.modules():
-        if getattr(module, "int8", None) is not None:
-            weights += module.int8.nbytes - module.weight.nbytes
+        if getattr(module, "quantized", None) is not None:
+            weights += module.quantized.nbytes - module.weight.nbytes
     element = next(model.parameters()).element_size()
     kv = config.num_hidden_layers * 2 * context * config.hidden_size * element
     return weights, kv

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -45,12 +46,16 @@ class Expected:
 
 
 class ReferenceModel:
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, bits: int | None = 8) -> None:
+        """`bits`: the server's weights, 8 as with `dtype: auto` on a CPU, None for float32."""
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        # The server's CPU kernels for matrix products and attention: the same summation orders,
-        # so that a near-tie between two logits of a random-weight model cannot flip differently.
-        use_cpu_kernels(self.model)
+        # The server's CPU kernels for matrix products and attention, and its weights: the same
+        # values and summation orders, so that a near-tie between two logits of a random-weight
+        # model cannot flip differently. (Here the model stands for the server's, so that what
+        # is checked is the prompt and post-processing; test_cpu_kernels.py checks the kernels
+        # and quantization against plain transformers and the rules in reference_quantized.)
+        use_cpu_kernels(self.model, bits)
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -215,27 +220,96 @@ class _Spell(LogitsProcessor):
         return scores
 
 
-def reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q8_0's rule, group by group in plain Python: scale = largest magnitude / 127 (stored as
-    float16), value = the nearest integer to weight / scale. Returns (values, scales)."""
+def reference_quantized(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quantization rules, group by group in plain Python. int8 (q8_0's): scale = largest
+    magnitude / 127, values in -127..127. 4-bit (q4_0's): scale = the weight of largest
+    magnitude (the first of equals) / -8, values in -8..7. Scales are stored as float16, each
+    value is the nearest integer to weight / scale. Returns (values as int8, scales)."""
     values = torch.zeros(weight.shape, dtype=torch.int8)
     scales = torch.zeros(weight.shape[0], weight.shape[1] // 32, dtype=torch.float16)
+    low, high = (-127, 127) if bits == 8 else (-8, 7)
     for row in range(weight.shape[0]):
         for group in range(weight.shape[1] // 32):
             chunk = [float(w) for w in weight[row, 32 * group : 32 * group + 32]]
-            scale = float(torch.tensor(max(map(abs, chunk)) / 127, dtype=torch.float16))
+            extreme = max(chunk, key=abs)
+            exact = abs(extreme) / 127 if bits == 8 else extreme / -8
+            scale = float(torch.tensor(exact, dtype=torch.float16))
             scales[row, group] = scale
             for i, w in enumerate(chunk):
-                values[row, 32 * group + i] = max(-127, min(127, round(w / scale))) if scale else 0
+                value = max(low, min(high, round(w / scale))) if scale else 0
+                values[row, 32 * group + i] = value
     return values, scales
 
 
-def with_int8_values(model: nn.Module) -> nn.Module:
-    """`model` with every linear layer's weight replaced by its q8_0 values (reference_int8)."""
+def with_quantized_values(model: nn.Module, bits: int) -> nn.Module:
+    """`model` with every linear layer's weight replaced by its quantized values
+    (reference_quantized)."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
-                values, scales = reference_int8(module.weight)
+                values, scales = reference_quantized(module.weight, bits)
                 wide = scales.float().repeat_interleave(32, dim=1)
                 module.weight.copy_(values.float() * wide)
+    return model
+
+
+def quantized_activations(rows: torch.Tensor) -> torch.Tensor:
+    """What the quantized kernels multiply instead of `rows` (last dimension a multiple of 32):
+    per group of 32, value = the nearest integer to x * (127 / largest magnitude), times
+    largest magnitude / 127."""
+    groups = rows.reshape(*rows.shape[:-1], -1, 32)
+    largest = groups.abs().amax(dim=-1, keepdim=True)
+    values = torch.where(largest > 0, groups * (127 / largest), 0.0).round()
+    return (values * (largest / 127)).reshape(rows.shape)
+
+
+def with_quantized_activations(model: nn.Module, max_rows: int) -> nn.Module:
+    """`model` with the inputs of its quantized linear layers (inputs a multiple of 32) of
+    fewer than `max_rows` rows quantized (quantized_activations), as the kernels do."""
+
+    def quantize(module: nn.Module, inputs: tuple[torch.Tensor]) -> tuple[torch.Tensor] | None:
+        (hidden,) = inputs
+        if hidden.numel() // hidden.shape[-1] >= max_rows:
+            return None
+        return (quantized_activations(hidden),)
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
+            module.register_forward_pre_hook(quantize)
+    return model
+
+
+def as_quantized_server(model: nn.Module, bits: int, bf16_min_rows: int) -> nn.Module:
+    """`model` computing what a server with `bits`-bit weights computes: the weights' values,
+    activations quantized for products of fewer than `bf16_min_rows` rows, and more rows in
+    bfloat16 where the CPU has it."""
+    with_quantized_values(model, bits)
+    with_quantized_activations(model, bf16_min_rows)
+    if cpu_has_bf16():
+        with_bf16_prompts(model, bf16_min_rows)
+    return model
+
+
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (then quantized models feed prompts
+    in bfloat16)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def with_bf16_prompts(model: nn.Module, min_rows: int) -> nn.Module:
+    """`model` with the products of its quantized linear layers (inputs a multiple of 32) of at
+    least `min_rows` rows computed in bfloat16 (inputs and weights rounded to it, the bias
+    added in float32 afterwards), as a quantized model feeds prompts where the CPU has it."""
+
+    def in_bf16(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor):
+        (hidden,) = inputs
+        if hidden.numel() // hidden.shape[-1] < min_rows:
+            return output
+        product = functional.linear(hidden.to(torch.bfloat16), module.weight.to(torch.bfloat16))
+        return product.float() + (0 if module.bias is None else module.bias)
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.in_features % 32 == 0:
+            module.register_forward_hook(in_bf16)
     return model

@@ -6,9 +6,15 @@
  * FMA latency stays hidden behind the loads. Threads come from the OpenMP runtime torch already
  * loaded (libgomp.so.1), so these loops and torch's operators share one thread team.
  *
- * A matrix is either float32 or int8 in groups of GROUP consecutive weights of a row, each
- * group with a float16 scale (weight = int8 value * scale, like ggml's q8_0): a quarter of the
- * bytes, converted to float32 in registers.
+ * A matrix is float32, or quantized in groups of GROUP consecutive weights of a row, each
+ * group with a float16 scale (weight = value * scale): int8 values (like ggml's q8_0, a quarter
+ * of float32's bytes) or 4-bit ones (like q4_0, an eighth: a group's 16 bytes hold value j + 8
+ * in the low nibble of byte j and value j + 16 + 8 in its high nibble), converted to float32 in
+ * registers. `bits` says which: 0 (float32), 8 or 4. A quantized matrix multiplies rows of
+ * activations quantized the same way (int8 in groups of GROUP, a float32 scale each: the group's
+ * largest magnitude / 127), in integers: 32 products a group summed exactly, then scaled (as
+ * llama.cpp multiplies q8_0 and q4_0 weights). With AVX512-VNNI one instruction multiplies and
+ * adds them (the build for such CPUs defines __AVX512VNNI__), else two (AVX2).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -45,37 +51,98 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 
 enum { GROUP = 32 };
 
-/* 8 int8 values as 8 floats. */
-static inline __m256 int8x8(const int8_t *q) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+/* A group's 32 4-bit values + 8 (0..15) as bytes: values 0-15 (the low nibbles) first. */
+static inline __m256i nibbles32(const uint8_t *q) {
+    const __m128i packed = _mm_loadu_si128((const __m128i *)q);
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-/* One group: the dot product of GROUP int8 values with GROUP floats, 8 lanes left to add. */
-static inline __m256 group_dot(const int8_t *q, const float *x) {
-    __m256 even = _mm256_mul_ps(int8x8(q), _mm256_loadu_ps(x));
-    __m256 odd = _mm256_mul_ps(int8x8(q + 8), _mm256_loadu_ps(x + 8));
-    even = _mm256_fmadd_ps(int8x8(q + 16), _mm256_loadu_ps(x + 16), even);
-    odd = _mm256_fmadd_ps(int8x8(q + 24), _mm256_loadu_ps(x + 24), odd);
-    return _mm256_add_ps(even, odd);
+/* 8 int32 sums of 4 products each of the bytes u (unsigned) and s (signed), |u * s| < 2^14. */
+static inline __m256i dot_unsigned(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
 }
 
-/* The dot product of a row of n int8 weights (n a multiple of GROUP) with x[n]. */
-static inline float dot_int8(const int8_t *q, const uint16_t *scales, const float *x, int64_t n) {
+/* Bytes of one group's values. */
+static inline int64_t group_bytes(int bits) {
+    return GROUP * bits / 8;
+}
+
+/* Activations quantized for a quantized matrix: int8 values, per group a float32 scale and
+ * 8 * the sum of its values * its scale (what 4-bit weights stored + 8 add to a product). */
+struct quantized_rows {
+    int8_t *values;
+    float *scales, *offsets;
+};
+
+/* x[n] (n a multiple of GROUP) quantized into group `first` on of `rows`: per group, scale =
+ * largest magnitude / 127, value = the nearest integer to x / scale. */
+static void quantize_row(const float *x, struct quantized_rows rows, int64_t first, int64_t n) {
+    for (int64_t group = first; group < first + n / GROUP; group++) {
+        const float *in = x + (group - first) * GROUP;
+        float largest = 0.0f;
+        for (int i = 0; i < GROUP; i++) {
+            largest = fabsf(in[i]) > largest ? fabsf(in[i]) : largest;
+        }
+        const float scale = largest / 127.0f, inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
+        int32_t sum = 0;
+        for (int i = 0; i < GROUP; i++) {
+            rows.values[group * GROUP + i] = (int8_t)lrintf(in[i] * inverse);
+            sum += rows.values[group * GROUP + i];
+        }
+        rows.scales[group] = scale;
+        rows.offsets[group] = 8.0f * (float)sum * scale;
+    }
+}
+
+/* One group's exact integer sums of products (8 lanes) of quantized weights q with activations
+ * x; for 4-bit weights (stored + 8), `offset` gains what the + 8 added, times the scales. */
+static inline __m256i group_sums(const uint8_t *q, int bits, __m256i x, float weight_scale,
+                                 float activation_offset, float *offset) {
+    if (bits == 4) {
+        *offset += weight_scale * activation_offset;
+        return dot_unsigned(nibbles32(q), x);
+    }
+    const __m256i w = _mm256_loadu_si256((const __m256i *)q);
+    return dot_unsigned(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+}
+
+/* acc + one group's dot product of quantized weights q with activations quantized from group
+ * `group` on of `a`: the exact integer sum of the 32 products times both scales. */
+static inline __m256 add_group(__m256 acc, const uint8_t *q, int bits, uint16_t scale,
+                               struct quantized_rows a, int64_t group, float *offset) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)(a.values + group * GROUP));
+    const float weight_scale = _cvtsh_ss(scale);
+    const __m256i sums = group_sums(q, bits, x, weight_scale, a.offsets[group], offset);
+    const __m256 both = _mm256_set1_ps(weight_scale * a.scales[group]);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), both, acc);
+}
+
+/* The dot product of a row of n quantized weights (n a multiple of GROUP) with activations
+ * quantized from group `first` on of `a`. Two groups at a time, in two accumulators, so that
+ * consecutive groups do not wait for each other's additions. */
+static inline float dot_quantized(const void *q, int bits, const uint16_t *scales,
+                                  struct quantized_rows a, int64_t first, int64_t n) {
+    const uint8_t *bytes = q;
+    const int64_t groups = n / GROUP, step = group_bytes(bits);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t group = 0, groups = n / GROUP;
+    float offset0 = 0.0f, offset1 = 0.0f;
+    int64_t group = 0;
     for (; group + 2 <= groups; group += 2) {
-        const int64_t at = group * GROUP;
-        acc0 = _mm256_fmadd_ps(group_dot(q + at, x + at), _mm256_set1_ps(_cvtsh_ss(scales[group])),
-                               acc0);
-        acc1 = _mm256_fmadd_ps(group_dot(q + at + GROUP, x + at + GROUP),
-                               _mm256_set1_ps(_cvtsh_ss(scales[group + 1])), acc1);
+        acc0 = add_group(acc0, bytes + group * step, bits, scales[group], a, first + group,
+                         &offset0);
+        acc1 = add_group(acc1, bytes + (group + 1) * step, bits, scales[group + 1], a,
+                         first + group + 1, &offset1);
     }
     if (group < groups) {
-        const int64_t at = group * GROUP;
-        acc0 = _mm256_fmadd_ps(group_dot(q + at, x + at), _mm256_set1_ps(_cvtsh_ss(scales[group])),
-                               acc0);
+        acc0 = add_group(acc0, bytes + group * step, bits, scales[group], a, first + group,
+                         &offset0);
     }
-    return sum8(_mm256_add_ps(acc0, acc1));
+    return sum8(_mm256_add_ps(acc0, acc1)) - offset0 - offset1;
 }
 
 /* out += weight * row, over n floats. */
@@ -98,37 +165,37 @@ static inline float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-/* The float32 values of a row of n int8 weights (n a multiple of GROUP). */
-static void dequantize_row(const int8_t *q, const uint16_t *scales, float *out, int64_t n) {
-    for (int64_t at = 0; at < n; at += 8) {
-        __m256 scale = _mm256_set1_ps(_cvtsh_ss(scales[at / GROUP]));
-        _mm256_storeu_ps(out + at, _mm256_mul_ps(int8x8(q + at), scale));
-    }
-}
+/* A matrix: float32 (bits 0, no scales) or quantized (bits 8 or 4). */
+struct matrix {
+    const void *weight;
+    const uint16_t *scales;
+    int bits;
+};
 
-/* y[t] = weight[out_features, in_features] @ x[t] + bias (bias may be NULL) for each of
+/* y[t] = m.weight[out_features, in_features] @ x[t] + bias (bias may be NULL) for each of
  * `tokens` rows of x ([tokens, in_features]) and y ([tokens, out_features]); the weight's rows
  * are shared among the threads of the enclosing parallel region, each read from memory once.
- * STORE_GELU applies the exact GELU, ADD adds to y. Without scales the weight is float32; with
- * them int8 with in_features / GROUP scales a row, which `scratch` (in_features floats of the
- * calling thread) holds as float32 while several tokens use it. */
-static void gemm_rows(const void *weight, const uint16_t *scales, const float *x,
-                      const float *bias, float *y, int64_t out_features, int64_t in_features,
-                      int64_t tokens, enum row_output output, float *scratch) {
+ * STORE_GELU applies the exact GELU, ADD adds to y. A quantized matrix has in_features / GROUP
+ * scales a row and multiplies x quantized into `shared` (room for tokens * in_features values,
+ * shared by the threads; quantize_row). */
+static void gemm_rows(struct matrix m, const float *x, const float *bias, float *y,
+                      int64_t out_features, int64_t in_features, int64_t tokens,
+                      enum row_output output, struct quantized_rows shared) {
     const int64_t groups = in_features / GROUP;
+    const int64_t row_bytes = m.bits ? in_features * m.bits / 8 : in_features * 4;
+    if (m.bits) {
+#pragma omp single
+        for (int64_t t = 0; t < tokens; t++) {
+            quantize_row(x + t * in_features, shared, t * groups, in_features);
+        }
+    }
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < out_features; row++) {
-        const int8_t *quantized = (const int8_t *)weight + row * in_features;
-        const float *values = (const float *)weight + row * in_features;
-        if (scales && tokens > 1) {
-            dequantize_row(quantized, scales + row * groups, scratch, in_features);
-            values = scratch;
-        }
+        const void *stored = (const uint8_t *)m.weight + row * row_bytes;
         for (int64_t t = 0; t < tokens; t++) {
-            const float *row_x = x + t * in_features;
-            float value = scales && tokens == 1
-                              ? dot_int8(quantized, scales + row * groups, row_x, in_features)
-                              : dot(values, row_x, in_features);
+            float value = m.bits ? dot_quantized(stored, m.bits, m.scales + row * groups, shared,
+                                                 t * groups, in_features)
+                                 : dot(stored, x + t * in_features, in_features);
             value += bias ? bias[row] : 0.0f;
             if (output == STORE_GELU) {
                 value = gelu(value);
@@ -139,10 +206,18 @@ static void gemm_rows(const void *weight, const uint16_t *scales, const float *x
     }
 }
 
-void pcls_gemv(const void *weight, const uint16_t *scales, const float *x, const float *bias,
-               float *y, int64_t out_features, int64_t in_features, int threads) {
+/* gemm_rows for `tokens` rows of x, in a parallel region of its own; `shared_values` and
+ * `shared_scales` hold `shared` (tokens * in_features values, twice tokens * in_features / GROUP
+ * floats). */
+void pcls_gemm(const void *weight, const uint16_t *scales, int bits, const float *x,
+               const float *bias, float *y, int64_t out_features, int64_t in_features,
+               int64_t tokens, int8_t *shared_values, float *shared_scales, int threads) {
+    const int64_t groups = tokens * in_features / GROUP;
+    const struct matrix m = {weight, scales, bits};
+    const struct quantized_rows shared = {shared_values, shared_scales,
+                                          shared_scales + groups};
 #pragma omp parallel num_threads(threads)
-    gemm_rows(weight, scales, x, bias, y, out_features, in_features, 1, STORE, NULL);
+    gemm_rows(m, x, bias, y, out_features, in_features, tokens, STORE, shared);
 }
 
 /* s[i] = exp(s[i] - largest) over `length` scores; returns their sum. */
@@ -296,7 +371,7 @@ static void add(float *x, const float *y, int64_t n) {
 struct neox_shape {
     int64_t layers, hidden, heads, head_dim, intermediate, rotary_dim, vocab, position;
     float eps, scale;
-    int64_t parallel_residual;
+    int64_t parallel_residual, bits;
 };
 
 /* Each layer's pointers, in this order, in `layer_pointers`. */
@@ -306,10 +381,18 @@ enum layer_pointer {
     QKV_SCALES, DENSE_SCALES, FC_IN_SCALES, FC_OUT_SCALES, KEYS, VALUES, LAYER_POINTERS
 };
 
+/* A matrix of the model: quantized with `bits` where it has scales. */
+static inline struct matrix matrix(const void *weight, const uint16_t *scales, int bits) {
+    return (struct matrix){weight, scales, scales ? bits : 0};
+}
+
 /* Workspace floats pcls_neox_step needs for `tokens` new tokens. */
 int64_t pcls_neox_workspace(const struct neox_shape *shape, int64_t tokens) {
+    const int64_t widest = shape->intermediate > shape->hidden ? shape->intermediate
+                                                               : shape->hidden;
     return tokens * (7 * shape->hidden + shape->intermediate) +
-           shape->heads * tokens * (shape->position + tokens);
+           shape->heads * tokens * (shape->position + tokens) + 2 * tokens * widest / GROUP +
+           (tokens * widest + 3) / 4;
 }
 
 /* `tokens` new tokens through a whole GPT-NeoX model (exact GELU, layer norms, rotary
@@ -318,7 +401,7 @@ int64_t pcls_neox_workspace(const struct neox_shape *shape, int64_t tokens) {
  * layer's caches are [heads][head_strides[layer]] floats with room for rows position ..
  * position + tokens - 1, which are written, and token t attends to rows 0 .. position + t;
  * logits[tokens, vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero).
- * A matrix whose scales are NULL is float32, else int8 (gemm_rows). */
+ * A matrix whose scales are NULL is float32, else quantized with shape->bits (gemm_rows). */
 void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float *embeddings,
                     void *const *layer_pointers, const int64_t *head_strides, const float *cos,
                     const float *sin, const float *final_norm_weight,
@@ -329,15 +412,20 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
     const int64_t inter = shape->intermediate, rotary_dim = shape->rotary_dim;
     const int64_t position = shape->position, span = position + tokens;
     const float eps = shape->eps;
+    const int bits = (int)shape->bits;
     float *x = workspace, *normed = x + tokens * hidden, *qkv = normed + tokens * hidden;
     float *attended = qkv + tokens * 3 * hidden, *projected = attended + tokens * hidden;
     float *expanded = projected + tokens * hidden, *scores = expanded + tokens * inter;
+    float *quantized_scales = scores + heads * tokens * span;
+    const int64_t widest = inter > hidden ? inter : hidden;
+    const int64_t groups = tokens * widest / GROUP;
+    const struct quantized_rows shared = {(int8_t *)(quantized_scales + 2 * groups),
+                                          quantized_scales, quantized_scales + groups};
     for (int64_t i = 0; i < tokens * hidden; i++) {
         x[i] = embeddings[i];
     }
 #pragma omp parallel num_threads(threads)
     {
-        float scratch[inter > hidden ? inter : hidden];
         for (int64_t layer = 0; layer < shape->layers; layer++) {
             void *const *p = layer_pointers + layer * LAYER_POINTERS;
 #pragma omp single
@@ -345,8 +433,8 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
                 layer_norm(x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
                            normed + t * hidden, hidden, eps);
             }
-            gemm_rows(p[QKV_WEIGHT], p[QKV_SCALES], normed, p[QKV_BIAS], qkv, 3 * hidden, hidden,
-                      tokens, STORE, scratch);
+            gemm_rows(matrix(p[QKV_WEIGHT], p[QKV_SCALES], bits), normed, p[QKV_BIAS], qkv,
+                      3 * hidden, hidden, tokens, STORE, shared);
             float *keys = p[KEYS], *values = p[VALUES];
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < heads; head++) {
@@ -368,8 +456,8 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
                                 shape->scale);
                 }
             }
-            gemm_rows(p[DENSE_WEIGHT], p[DENSE_SCALES], attended, p[DENSE_BIAS], projected,
-                      hidden, hidden, tokens, STORE, scratch);
+            gemm_rows(matrix(p[DENSE_WEIGHT], p[DENSE_SCALES], bits), attended, p[DENSE_BIAS],
+                      projected, hidden, hidden, tokens, STORE, shared);
 #pragma omp single
             for (int64_t t = 0; t < tokens; t++) {
                 float *row = x + t * hidden, *row_normed = normed + t * hidden;
@@ -382,17 +470,17 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
                     layer_norm(row, norm_weight, norm_bias, row_normed, hidden, eps);
                 }
             }
-            gemm_rows(p[FC_IN_WEIGHT], p[FC_IN_SCALES], normed, p[FC_IN_BIAS], expanded, inter,
-                      hidden, tokens, STORE_GELU, scratch);
-            gemm_rows(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], expanded, p[FC_OUT_BIAS], x, hidden,
-                      inter, tokens, ADD, scratch);
+            gemm_rows(matrix(p[FC_IN_WEIGHT], p[FC_IN_SCALES], bits), normed, p[FC_IN_BIAS],
+                      expanded, inter, hidden, tokens, STORE_GELU, shared);
+            gemm_rows(matrix(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], bits), expanded, p[FC_OUT_BIAS],
+                      x, hidden, inter, tokens, ADD, shared);
         }
 #pragma omp single
         for (int64_t t = 0; t < tokens; t++) {
             layer_norm(x + t * hidden, final_norm_weight, final_norm_bias, normed + t * hidden,
                        hidden, eps);
         }
-        gemm_rows(head_weight, head_scales, normed, head_bias, logits, shape->vocab, hidden,
-                  tokens, STORE, scratch);
+        gemm_rows(matrix(head_weight, head_scales, bits), normed, head_bias, logits,
+                  shape->vocab, hidden, tokens, STORE, shared);
     }
 }

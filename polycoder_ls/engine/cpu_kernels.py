@@ -5,8 +5,13 @@ On a 2-core AMD EPYC torch streams a one-row matrix product at ~16-24 GB/s and s
 attention at ~24 GB/s; the loops in cpu_kernels.c reach ~32-42 and ~37 GB/s, about what a plain
 reduction reads (bench/decode_kernels.py). They are compiled with the machine's C compiler on
 first use (about a second), cached under ~/.cache/polycoder-ls/kernels, and called through
-ctypes. Anything they do not cover (several rows, other dtypes, masks that hide positions) goes
-to torch unchanged; neox_decode.py runs a whole GPT-NeoX decode step on them.
+ctypes. Anything they do not cover (other dtypes, masks that hide positions) goes to torch
+unchanged; neox_decode.py runs a whole GPT-NeoX decode step on them.
+
+Quantized weights (int8 or 4-bit in groups of GROUP, `QuantizedWeight`) keep their float32
+values beside them for torch. Products of many rows (prefill chunks, eval windows) then run
+in bfloat16 through torch where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): about
+twice float32's speed here (bench/decode_kernels.py), at a perplexity cost `eval` measures.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +40,34 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # -ffast-math lets gcc vectorize expf through glibc's libmvec; the kernels never see inf/nan
 # unless the model itself overflows.
-COMPILE_FLAGS = (
-    "-O3", "-mavx2", "-mfma", "-mf16c", "-ffast-math", "-fopenmp", "-shared", "-fPIC"
-)  # fmt: skip
+COMMON_FLAGS = ("-O3", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """One build of cpu_kernels.c for CPUs that have `needs` (Linux's /proc/cpuinfo names)."""
+
+    name: str
+    flags: tuple[str, ...]
+    needs: frozenset[str]
+
+
+_AVX2 = KernelBuild("avx2", ("-mavx2", "-mfma", "-mf16c"), frozenset({"avx2", "fma", "f16c"}))
+BUILDS = (
+    KernelBuild(
+        "avx512-vnni",
+        (*_AVX2.flags, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+        _AVX2.needs | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    ),
+    _AVX2,
+)
+"""The builds, best first: the first whose needs the CPU has is used (chosen at run time)."""
 GROUP = 32
-"""int8 weights come in groups of this many consecutive weights of a row, one scale each."""
+"""Quantized weights come in groups of this many consecutive weights of a row, one scale each."""
+QUANTIZED_BITS = (8, 4)
+BF16_MIN_ROWS = 32
+"""Products of at least this many rows of a quantized model run in bfloat16 (where the CPU has
+it); fewer rows (decode steps, drafts being checked) run on the quantized weights."""
 ATTENTION_NAME = "polycoder_cpu"
 
 _POINTER = ctypes.c_void_p
@@ -64,7 +93,7 @@ def _compiler() -> str:
 BUILD_PREFIX = "build-"
 
 
-def _build(library: Path) -> None:
+def _build(library: Path, build: KernelBuild) -> None:
     """Compile the kernels into `library` (atomically: concurrent servers may race). The
     compiler leads a process group of its own, so that the server can end it with its
     children when it is terminated; the scratch directory names this process, so that what a
@@ -73,7 +102,8 @@ def _build(library: Path) -> None:
     prefix = f"{BUILD_PREFIX}{os.getpid()}-"
     with tempfile.TemporaryDirectory(prefix=prefix, dir=library.parent) as scratch:
         built = Path(scratch) / library.name
-        command = [_compiler(), *COMPILE_FLAGS, "-o", str(built), str(SOURCE), "-lm"]
+        command = [_compiler(), *COMMON_FLAGS, *build.flags, "-o", str(built), str(SOURCE)]
+        command.append("-lm")
         with subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -98,8 +128,29 @@ def remove_unfinished_builds(also_this_process: bool = False) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _cpu_has_avx2() -> bool:
-    return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (empty where /proc/cpuinfo is missing)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    lines = (line for line in text.splitlines() if line.startswith("flags"))
+    return frozenset(next(lines, ":").split(":", 1)[1].split())
+
+
+def runnable_builds() -> list[KernelBuild]:
+    """The builds this CPU can run, best first. Without /proc/cpuinfo, the AVX2 build where
+    torch found AVX2."""
+    flags = cpu_flags()
+    if not flags:
+        capable = torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+        return [_AVX2] if capable else []
+    return [build for build in BUILDS if build.needs <= flags]
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def _compiler_identity(compiler: str) -> str:
@@ -123,6 +174,7 @@ class NeoXShape(ctypes.Structure):
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
         ("parallel_residual", _INT),
+        ("bits", _INT),
     ]
 
 
@@ -131,47 +183,65 @@ class CpuKernels:
     """The compiled kernels; each call runs on torch's intra-op thread count."""
 
     library: Any
+    build: KernelBuild
 
     @classmethod
-    def load(cls) -> CpuKernels:
-        """Build (once per source version) and load the kernels; raise KernelUnavailable."""
-        if not _cpu_has_avx2():
-            raise KernelUnavailable("the CPU lacks AVX2/FMA/F16C")
+    def load(cls, build: KernelBuild | None = None) -> CpuKernels:
+        """Build (once per source, flags and compiler) and load the kernels: `build`, or the
+        best this CPU runs; raise KernelUnavailable."""
+        if build is None:
+            runnable = runnable_builds()
+            if not runnable:
+                raise KernelUnavailable("the CPU lacks AVX2/FMA/F16C")
+            build = runnable[0]
         compiler = _compiler()
-        key = [SOURCE.read_bytes(), " ".join(COMPILE_FLAGS), _compiler_identity(compiler)]
+        flags = " ".join((*COMMON_FLAGS, *build.flags))
+        key = [SOURCE.read_bytes(), flags, _compiler_identity(compiler)]
         digest = hashlib.sha256(repr(key).encode())
         library_path = _cache_directory() / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
         try:
             remove_unfinished_builds()
             if not library_path.exists():
-                _build(library_path)
+                _build(library_path, build)
             # torch is imported, so its OpenMP runtime (libgomp.so.1) is the one this binds to.
             library = ctypes.CDLL(str(library_path))
         except OSError as error:
             raise KernelUnavailable(f"cannot build or load {library_path}: {error}") from error
-        library.pcls_gemv.argtypes = [_POINTER] * 5 + [_INT, _INT, ctypes.c_int]
-        library.pcls_gemv.restype = None
+        library.pcls_gemm.argtypes = [_POINTER, _POINTER, ctypes.c_int, *[_POINTER] * 3]
+        library.pcls_gemm.argtypes += [_INT] * 3 + [_POINTER, _POINTER, ctypes.c_int]
+        library.pcls_gemm.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
         library.pcls_neox_workspace.argtypes = [_POINTER, _INT]
         library.pcls_neox_workspace.restype = _INT
         library.pcls_neox_step.argtypes = [_POINTER, _INT, *[_POINTER] * 12, ctypes.c_int]
         library.pcls_neox_step.restype = None
-        return cls(library)
+        return cls(library, build)
 
-    def gemv(
-        self, weight: torch.Tensor | Int8Weight, row: torch.Tensor, bias: torch.Tensor | None
+    def gemm(
+        self,
+        weight: torch.Tensor | QuantizedWeight,
+        rows: torch.Tensor,
+        bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """`weight @ row + bias` for a contiguous float32 (or int8) weight [out, in] and a
-        float32 row [in]."""
-        out = torch.empty(weight.shape[0], dtype=torch.float32)
-        self.library.pcls_gemv(
+        """`rows @ weight.T + bias` for a contiguous float32 (or quantized) weight [out, in]
+        and contiguous float32 rows [tokens, in] (or one row [in]): [tokens, out] (or [out]).
+        A quantized weight multiplies the rows quantized to int8 in groups of GROUP."""
+        out = torch.empty(*rows.shape[:-1], weight.shape[0], dtype=torch.float32)
+        quantized = isinstance(weight, QuantizedWeight)
+        shared_values = torch.empty(rows.numel() if quantized else 0, dtype=torch.int8)
+        shared_scales = torch.empty(2 * rows.numel() // GROUP if quantized else 0)
+        self.library.pcls_gemm(
             *weight_pointers(weight),
-            row.data_ptr(),
+            weight_bits(weight),
+            rows.data_ptr(),
             optional_pointer(bias),
             out.data_ptr(),
             weight.shape[0],
             weight.shape[1],
+            rows.numel() // weight.shape[1],
+            shared_values.data_ptr(),
+            shared_scales.data_ptr(),
             torch.get_num_threads(),
         )
         return out
@@ -207,7 +277,7 @@ class CpuKernels:
         head_strides: list[int],
         rotary: tuple[torch.Tensor, torch.Tensor],
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
-        head: tuple[torch.Tensor | Int8Weight, torch.Tensor | None],
+        head: tuple[torch.Tensor | QuantizedWeight, torch.Tensor | None],
     ) -> torch.Tensor:
         """New tokens through a whole GPT-NeoX model (pcls_neox_step in cpu_kernels.c):
         `embeddings` [tokens, hidden]; `layer_pointers` holds each layer's weights, biases and
@@ -239,43 +309,70 @@ def optional_pointer(tensor: torch.Tensor | None) -> int | None:
 
 
 @dataclass(frozen=True)
-class Int8Weight:
-    """A matrix [out, in] as int8 in groups of GROUP consecutive weights of a row, each group
-    with a float16 scale: weight = value * scale (ggml's q8_0 layout, row by row)."""
+class QuantizedWeight:
+    """A matrix [out, in] quantized in groups of GROUP consecutive weights of a row, each group
+    with a float16 scale: weight = value * scale, row by row. int8 (`bits` 8, ggml's q8_0 rule):
+    values in -127..127, scale = the group's largest magnitude / 127. 4-bit (`bits` 4, q4_0's
+    rule): values in -8..7, scale = the group's weight of largest magnitude / -8; each group's
+    16 bytes hold value j + 8 in the low nibble of byte j and value j + 16 + 8 in its high one."""
 
-    values: torch.Tensor
-    """int8 [out, in], contiguous."""
+    stored: torch.Tensor
+    """int8 [out, in] or uint8 [out, in // 2], contiguous."""
     scales: torch.Tensor
     """float16 [out, in // GROUP], contiguous."""
+    bits: int
 
     @property
     def shape(self) -> torch.Size:
-        return self.values.shape
+        return torch.Size((self.scales.shape[0], self.scales.shape[1] * GROUP))
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> Int8Weight:
-        """Round to nearest on a scale of each group's largest magnitude / 127."""
+    def quantize(cls, weight: torch.Tensor, bits: int) -> QuantizedWeight:
+        """Round each weight to the nearest multiple of its group's scale."""
         groups = weight.detach().float().reshape(weight.shape[0], -1, GROUP)
-        scales = (groups.abs().amax(dim=-1) / 127).to(torch.float16)
+        if bits == 8:
+            scales, low, high = groups.abs().amax(dim=-1) / 127, -127, 127
+        else:
+            largest = groups.abs().argmax(dim=-1, keepdim=True)
+            scales, low, high = groups.gather(-1, largest).squeeze(-1) / -8, -8, 7
+        scales = scales.to(torch.float16)
         wide = scales.float().unsqueeze(-1)
-        values = torch.where(wide > 0, groups / wide, 0.0).round().clamp(-127, 127)
-        return cls(values.to(torch.int8).reshape(weight.shape).contiguous(), scales.contiguous())
+        values = torch.where(wide != 0, groups / wide, 0.0).round().clamp(low, high)
+        if bits == 8:
+            stored = values.to(torch.int8).reshape(weight.shape)
+        else:
+            nibbles = (values + 8).to(torch.uint8)
+            stored = (nibbles[..., :16] | (nibbles[..., 16:] << 4)).reshape(weight.shape[0], -1)
+        return cls(stored.contiguous(), scales.contiguous(), bits)
+
+    def values(self) -> torch.Tensor:
+        """The integer values, [out, in // GROUP, GROUP]."""
+        if self.bits == 8:
+            return self.stored.reshape(self.shape[0], -1, GROUP)
+        packed = self.stored.reshape(self.shape[0], -1, GROUP // 2)
+        nibbles = torch.cat((packed & 0x0F, packed >> 4), dim=-1)
+        return nibbles.to(torch.int8) - 8
 
     def dequantize(self) -> torch.Tensor:
         """The float32 matrix these values stand for."""
-        groups = self.values.reshape(self.shape[0], -1, GROUP).float()
-        return (groups * self.scales.float().unsqueeze(-1)).reshape(self.shape)
+        wide = self.scales.float().unsqueeze(-1)
+        return (self.values().float() * wide).reshape(self.shape)
 
     @property
     def nbytes(self) -> int:
-        return self.values.nbytes + self.scales.nbytes
+        return self.stored.nbytes + self.scales.nbytes
 
 
-def weight_pointers(weight: torch.Tensor | Int8Weight) -> tuple[int, int | None]:
+def weight_pointers(weight: torch.Tensor | QuantizedWeight) -> tuple[int, int | None]:
     """The C kernels' (weight, scales) pointers: no scales for a float32 matrix."""
-    if isinstance(weight, Int8Weight):
-        return weight.values.data_ptr(), weight.scales.data_ptr()
+    if isinstance(weight, QuantizedWeight):
+        return weight.stored.data_ptr(), weight.scales.data_ptr()
     return weight.data_ptr(), None
+
+
+def weight_bits(weight: torch.Tensor | QuantizedWeight) -> int:
+    """The C kernels' `bits`: 0 for float32."""
+    return weight.bits if isinstance(weight, QuantizedWeight) else 0
 
 
 def _is_plain_float32(tensor: torch.Tensor) -> bool:
@@ -283,34 +380,58 @@ def _is_plain_float32(tensor: torch.Tensor) -> bool:
 
 
 class KernelLinear(nn.Linear):
-    """`nn.Linear` whose single-row products (decode steps) run on the CPU kernel. With int8
-    weights, `weight` holds their float32 values (what every other product uses)."""
+    """`nn.Linear` on the CPU kernels. Float32: single rows (decode steps) run on the kernel,
+    more rows through torch. Quantized (`quantized`): fewer than BF16_MIN_ROWS rows run on the
+    quantized kernel, more through torch: in bfloat16 (`prefill_weight`, the values rounded to
+    it) where the CPU computes it natively, else in float32 on the values, unpacked for the
+    call. `weight` is then empty, unless another module shares it (tied embeddings)."""
 
     kernels: CpuKernels
-    int8: Int8Weight | None
+    quantized: QuantizedWeight | None
+    prefill_weight: torch.Tensor | None
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, kernels: CpuKernels, int8: bool) -> KernelLinear:
+    def wrap(
+        cls,
+        linear: nn.Linear,
+        kernels: CpuKernels,
+        bits: int | None,
+        bf16_prefill: bool,
+        weight_shared: bool = False,
+    ) -> KernelLinear:
         swapped = cls.__new__(cls)
         swapped.__dict__.update(linear.__dict__)
         swapped.kernels = kernels
-        swapped.int8 = None
-        if int8 and linear.in_features % GROUP == 0:
-            swapped.int8 = Int8Weight.quantize(linear.weight)
+        swapped.quantized = swapped.prefill_weight = None
+        if bits is not None and linear.in_features % GROUP == 0:
+            swapped.quantized = QuantizedWeight.quantize(linear.weight, bits)
+            values = swapped.quantized.dequantize()
+            if bf16_prefill:
+                swapped.prefill_weight = values.to(torch.bfloat16)
             with torch.no_grad():
-                linear.weight.copy_(swapped.int8.dequantize())
+                if weight_shared:
+                    linear.weight.copy_(values)
+                else:
+                    swapped.weight = nn.Parameter(torch.empty(0), requires_grad=False)
         return swapped
 
     @property
-    def decode_weight(self) -> torch.Tensor | Int8Weight:
-        """The weight the single-row products read."""
-        return self.weight if self.int8 is None else self.int8
+    def decode_weight(self) -> torch.Tensor | QuantizedWeight:
+        """The weight the kernels read."""
+        return self.weight if self.quantized is None else self.quantized
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.numel() != self.in_features or not _is_plain_float32(hidden):
+        rows = hidden.numel() // self.in_features
+        plain = _is_plain_float32(hidden)
+        if plain and (rows == 1 or (self.quantized is not None and 1 < rows < BF16_MIN_ROWS)):
+            out = self.kernels.gemm(self.decode_weight, hidden.contiguous(), self.bias)
+            return out.view(*hidden.shape[:-1], self.out_features)
+        if self.quantized is None:
             return functional.linear(hidden, self.weight, self.bias)
-        out = self.kernels.gemv(self.decode_weight, hidden.contiguous(), self.bias)
-        return out.view(*hidden.shape[:-1], self.out_features)
+        if self.prefill_weight is not None and plain:
+            out = functional.linear(hidden.to(torch.bfloat16), self.prefill_weight).float()
+            return out if self.bias is None else out + self.bias
+        return functional.linear(hidden, self.quantized.dequantize().to(hidden), self.bias)
 
 
 def _mask_hides_nothing(mask: torch.Tensor | None) -> bool:
@@ -352,13 +473,16 @@ def _kernel_attention(kernels: CpuKernels) -> Any:
     return attention
 
 
-def use_cpu_kernels(model: nn.Module, int8: bool = False) -> CpuKernels | None:
+def use_cpu_kernels(
+    model: nn.Module, bits: int | None = None, build: KernelBuild | None = None
+) -> CpuKernels | None:
     """Run `model`'s single-row products and single-query attention on the CPU kernels and
     return them; None (and a log line) where they cannot run, leaving the model as it was.
-    `int8`: every linear layer whose input size is a multiple of GROUP gets int8 weights; its
-    float32 weight becomes their values, so every path computes with the same weights."""
+    `bits` (8 or 4): every linear layer whose input size is a multiple of GROUP gets quantized
+    weights (KernelLinear), which replace its float32 weight (or become its values, where
+    another module shares it). `build`: the kernels' build (default: the best for this CPU)."""
     try:
-        kernels = CpuKernels.load()
+        kernels = CpuKernels.load(build)
     except KernelUnavailable as reason:
         log.warning("CPU decode kernels unavailable, using torch's: %s", reason)
         return None
@@ -371,8 +495,13 @@ def use_cpu_kernels(model: nn.Module, int8: bool = False) -> CpuKernels | None:
         for name, child in parent.named_children()
         if type(child) is nn.Linear
     ]
+    holders = Counter(
+        id(parameter) for module in model.modules() for parameter in module._parameters.values()
+    )
+    bf16_prefill = bits is not None and cpu_computes_bf16()
     for parent, name, child in swaps:
-        setattr(parent, name, KernelLinear.wrap(child, kernels, int8))
+        shared = holders[id(child.weight)] > 1
+        setattr(parent, name, KernelLinear.wrap(child, kernels, bits, bf16_prefill, shared))
     AttentionInterface.register(ATTENTION_NAME, _kernel_attention(kernels))
     # Without a mask function of its own, transformers would hand this attention no mask at all,
     # and SDPA's top-left causal mask is wrong for a chunk that follows cached tokens.
@@ -381,5 +510,11 @@ def use_cpu_kernels(model: nn.Module, int8: bool = False) -> CpuKernels | None:
         model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
     except (AttributeError, ValueError) as reason:
         log.warning("%s keeps its own attention: %s", type(model).__name__, reason)
-    log.info("CPU decode kernels in use (%d linear layers%s)", len(swaps), ", int8" * int8)
+    log.info(
+        "CPU decode kernels (%s build) in use (%d linear layers%s%s)",
+        kernels.build.name,
+        len(swaps),
+        f", {bits}-bit weights" if bits else "",
+        ", bfloat16 prefill" if bf16_prefill else "",
+    )
     return kernels

@@ -56,12 +56,15 @@ class LoadedModel:
     fim: FimTokens | None = None
     """The fill-in-the-middle format in use (the `fim` setting against this tokenizer)."""
 
-    int8: bool = False
-    """Linear layers hold int8 weights (on the CPU kernels); `dtype` is their values' type."""
+    quantized_bits: int | None = None
+    """Linear layers hold weights of this many bits (8 or 4, on the CPU kernels); `dtype` is
+    their values' type."""
 
     @property
     def dtype_name(self) -> str:
-        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
+        if self.quantized_bits is not None:
+            return f"int{self.quantized_bits}"
+        return str(self.dtype).removeprefix("torch.")
 
     def tokenize(self, text: str) -> tuple[list[int], list[int]]:
         # A lone surrogate (a JSON "\ud83d" from the client) is no character the tokenizer
@@ -146,11 +149,16 @@ def _cuda_device_exists(setting: str) -> bool:
     return index < torch.cuda.device_count()
 
 
+QUANTIZED_BITS = {"int8": 8, "int4": 4, "auto": 8}
+"""The `dtype` settings that quantize the weights on a CPU, and their bits. `auto` picks int8:
+its perplexity cost on nano's held-out files is +0.014 % (QUALITY.md), and it decodes and
+feeds prompts faster than float32 (BENCHMARKS.md)."""
+
+
 def pick_dtype(setting: str, device: str) -> torch.dtype:
-    """The torch dtype of the model's tensors (int8 weights keep float32 values beside them)."""
-    if setting == "int8" and device == "cpu":
-        return torch.float32
-    if setting not in {"auto", "int8"}:
+    """The torch dtype of the model's tensors (quantized weights keep float32 values beside
+    them)."""
+    if setting not in {"auto", *QUANTIZED_BITS}:
         return DTYPES[setting]
     return torch.float32 if device == "cpu" else torch.float16
 
@@ -183,8 +191,8 @@ def load_model(settings: Settings) -> LoadedModel:
     device, device_notice = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     notices: tuple[str, ...] = () if device_notice is None else (device_notice,)
-    if settings.dtype == "int8" and device != "cpu":
-        notices += (f"dtype int8 runs on the CPU only: {device} uses float16",)
+    if settings.dtype in {"int8", "int4"} and device != "cpu":
+        notices += (f"dtype {settings.dtype} runs on the CPU only: {device} uses float16",)
     use_threads(settings, device)
     log.info("loading %s on %s as %s", source, device, dtype)
     try:
@@ -192,13 +200,15 @@ def load_model(settings: Settings) -> LoadedModel:
         model.to(device).eval()
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
         raise ModelLoadError(f"cannot load model '{source}': {first_line(str(error))}") from error
-    token_step, int8 = None, settings.dtype == "int8" and device == "cpu"
-    kernels = use_cpu_kernels(model, int8) if device == "cpu" and dtype == torch.float32 else None
+    token_step, bits = None, QUANTIZED_BITS.get(settings.dtype) if device == "cpu" else None
+    kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
     if kernels is not None:
         token_step = NeoXTokenStep.for_model(model, kernels)
-    elif int8:
-        notices += ("dtype int8 needs the CPU decode kernels (see the log): using float32",)
-        int8 = False
+    elif bits is not None and settings.dtype != "auto":
+        notices += (
+            f"dtype {settings.dtype} needs the CPU decode kernels (see the log): using float32",
+        )
+        bits = None
     return _loaded(
         settings.model,
         source,
@@ -210,7 +220,7 @@ def load_model(settings: Settings) -> LoadedModel:
         dtype=dtype,
         token_step=token_step,
         notices=notices,
-        int8=int8,
+        quantized_bits=bits,
     )
 
 
@@ -248,7 +258,7 @@ def _loaded(
     dtype: torch.dtype = torch.float32,
     token_step: NeoXTokenStep | None = None,
     notices: tuple[str, ...] = (),
-    int8: bool = False,
+    quantized_bits: int | None = None,
 ) -> LoadedModel:
     vocab_limit = min(len(tokenizer), config.get_text_config().vocab_size)
     vocabulary = {token: id for token, id in tokenizer.get_vocab().items() if id < vocab_limit}
@@ -275,7 +285,7 @@ def _loaded(
         bos_id=_added_bos(tokenizer),
         token_texts=_token_texts(tokenizer, vocab_limit),
         fim=fim,
-        int8=int8,
+        quantized_bits=quantized_bits,
     )
 
 

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .cpu_kernels import CpuKernels, Int8Weight, NeoXShape, weight_pointers
+from .cpu_kernels import CpuKernels, NeoXShape, QuantizedWeight, weight_bits, weight_pointers
 from .kv_cache import PreallocatedLayer
 
 
-def _decode_weight(path: str) -> Callable[[Any], torch.Tensor | Int8Weight]:
-    """The weight a linear layer's single-row products read (int8 where it has them)."""
+def _decode_weight(path: str) -> Callable[[Any], torch.Tensor | QuantizedWeight]:
+    """The weight a linear layer's single-row products read (quantized where it has one)."""
     module = attrgetter(path)
     return lambda layer: getattr(module(layer), "decode_weight", module(layer).weight)
 
@@ -81,7 +81,14 @@ class NeoXTokenStep:
             eps=config.layer_norm_eps,
             scale=attention.scaling,
             parallel_residual=int(config.use_parallel_residual),
+            bits=self._bits(),
         )
+
+    def _bits(self) -> int:
+        """The quantized matrices' bits (they all have the same), 0 if all are float32."""
+        head = getattr(self.model.get_output_embeddings(), "decode_weight", None)
+        matrices = [weights[index] for weights in self._weights for index in _MATRICES]
+        return max(map(weight_bits, [*matrices, head if head is not None else matrices[0]]))
 
     @classmethod
     def for_model(cls, model: Any, kernels: CpuKernels) -> NeoXTokenStep | None:

@@ -139,7 +139,7 @@ def test_ghost_text_accept_dismiss_and_type_through(mode, tiny_model, tmp_path):
     assert inserted and word["rest"].startswith(inserted)
     assert re.fullmatch(r"\s*(\w+|[^\w\s])", inserted)
     assert word["partially_accepted"] == 1
-    assert "ready on cpu (float32)" in result["health"]
+    assert "ready on cpu (int8)" in result["health"]
     assert (ARTIFACTS / f"neovim-{mode}-ghost-text.png").stat().st_size > 5_000
 
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 import torch
-from reference import ReferenceModel, reference_int8, with_int8_values
+from reference import (
+    ReferenceModel,
+    as_quantized_server,
+    cpu_has_bf16,
+    quantized_activations,
+    reference_quantized,
+    with_bf16_prompts,
+    with_quantized_activations,
+)
 from torch import nn
 from torch.nn import functional
 from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM
@@ -17,9 +25,12 @@ from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTN
 from polycoder_ls.config import Settings
 from polycoder_ls.engine import cpu_kernels
 from polycoder_ls.engine.cpu_kernels import (
+    BF16_MIN_ROWS,
     CpuKernels,
-    Int8Weight,
     KernelLinear,
+    QuantizedWeight,
+    cpu_flags,
+    runnable_builds,
     use_cpu_kernels,
 )
 from polycoder_ls.engine.generate import DecodeParams, Generator
@@ -27,10 +38,13 @@ from polycoder_ls.engine.kv_cache import preallocated_cache
 from polycoder_ls.engine.loading import load_model
 from polycoder_ls.engine.neox_decode import NeoXTokenStep
 
+BUILDS = {build.name: build for build in runnable_builds()}
+"""Every build of the kernels this CPU runs: each is checked."""
 
-@pytest.fixture(scope="module")
-def kernels() -> CpuKernels:
-    return CpuKernels.load()
+
+@pytest.fixture(scope="module", params=list(BUILDS))
+def kernels(request: pytest.FixtureRequest) -> CpuKernels:
+    return CpuKernels.load(BUILDS[request.param])
 
 
 @pytest.mark.parametrize(("inputs", "outputs"), [(64, 192), (768, 50), (13, 7), (3072, 768)])
@@ -38,8 +52,8 @@ def test_matrix_vector_product_matches_torch(kernels, inputs, outputs):
     torch.manual_seed(inputs)
     weight, row, bias = torch.randn(outputs, inputs), torch.randn(inputs), torch.randn(outputs)
     close = {"rtol": 1e-4, "atol": 1e-4}  # sums of up to 3072 products, in another order
-    torch.testing.assert_close(kernels.gemv(weight, row, bias), weight @ row + bias, **close)
-    torch.testing.assert_close(kernels.gemv(weight, row, None), weight @ row, **close)
+    torch.testing.assert_close(kernels.gemm(weight, row, bias), weight @ row + bias, **close)
+    torch.testing.assert_close(kernels.gemm(weight, row, None), weight @ row, **close)
 
 
 @pytest.mark.parametrize(
@@ -62,66 +76,99 @@ def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
     torch.manual_seed(0)
     for bias in (True, False):
         linear = nn.Linear(24, 40, bias=bias)
-        swapped = KernelLinear.wrap(linear, kernels, int8=False)
-        for shape in ((1, 1, 24), (24,), (2, 5, 24)):
+        swapped = KernelLinear.wrap(linear, kernels, None, bf16_prefill=True)
+        for shape in ((1, 1, 24), (24,), (2, 5, 24), (1, 40, 24)):
             hidden = torch.randn(*shape)
             torch.testing.assert_close(swapped(hidden), linear(hidden))
         assert swapped.weight is linear.weight
 
 
-def test_int8_weights_follow_q8_0s_rule():
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_weights_follow_q8_0s_and_q4_0s_rules(bits):
     torch.manual_seed(3)
     weight = torch.randn(5, 96) * torch.tensor([1e-3, 1.0, 30.0]).repeat_interleave(32)
     weight[2, 32:64] = 0.0  # a group of zeros has scale 0
-    quantized = Int8Weight.quantize(weight)
-    values, scales = reference_int8(weight)
-    assert quantized.values.dtype == torch.int8 and quantized.scales.dtype == torch.float16
+    weight[3, 64:96] = weight[3, 64:96].abs()  # the extreme weight positive: a negative scale
+    quantized = QuantizedWeight.quantize(weight, bits)
+    values, scales = reference_quantized(weight, bits)
+    assert quantized.scales.dtype == torch.float16
     assert torch.equal(quantized.scales, scales)
+    got = quantized.values().reshape(5, 96)
     # Ties (x.5) may round either way between the two; nothing else may differ.
-    assert (quantized.values.int() - values.int()).abs().max() <= 1
-    assert (quantized.values != values).float().mean() < 0.01
+    assert (got.int() - values.int()).abs().max() <= 1
+    assert (got != values).float().mean() < 0.01
     error = (quantized.dequantize() - weight).abs()
-    assert (error <= scales.float().repeat_interleave(32, dim=1) * 0.51).all()
-    assert quantized.values.abs().max() == 127
-    assert quantized.nbytes == 5 * 96 + 5 * 3 * 2
+    # q4_0 maps the extreme weight to -8; a weight near minus it is clipped from 8 to 7.
+    steps = 0.51 if bits == 8 else 1.0
+    assert (error <= scales.float().abs().repeat_interleave(32, dim=1) * steps).all()
+    assert got.abs().max() == (127 if bits == 8 else 8)
+    assert quantized.nbytes == 5 * 96 * bits // 8 + 5 * 3 * 2
+    if bits == 4:  # value j + 8 in the low nibble of byte j, value j + 16 + 8 in its high one
+        packed = quantized.stored[0, :16].int()
+        assert torch.equal(packed & 15, values[0, :16].int() + 8)
+        assert torch.equal(packed >> 4, values[0, 16:32].int() + 8)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize(("inputs", "outputs"), [(96, 7), (768, 50), (3072, 768), (64, 1)])
-def test_int8_matrix_vector_product_matches_its_float_values(kernels, inputs, outputs):
+def test_a_quantized_matrix_product_matches_its_float_values(kernels, bits, inputs, outputs):
     torch.manual_seed(inputs)
-    weight, row, bias = torch.randn(outputs, inputs), torch.randn(inputs), torch.randn(outputs)
-    quantized = Int8Weight.quantize(weight)
-    values, scales = reference_int8(weight) if inputs < 1000 else (None, None)
-    dequantized = quantized.values.double() * quantized.scales.double().repeat_interleave(32, 1)
-    expected = (dequantized @ row.double() + bias.double()).float()
+    weight, bias = torch.randn(outputs, inputs), torch.randn(outputs)
+    quantized = QuantizedWeight.quantize(weight, bits)
+    if inputs < 1000:
+        values, scales = reference_quantized(weight, bits)
+    else:
+        values, scales = quantized.values().reshape(weight.shape), quantized.scales
+    dequantized = values.double() * scales.double().repeat_interleave(32, 1)
     close = {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(kernels.gemv(quantized, row, bias), expected, **close)
-    torch.testing.assert_close(kernels.gemv(quantized, row, None), expected - bias, **close)
-    if values is not None:
-        from_reference = values.double() * scales.double().repeat_interleave(32, 1)
-        torch.testing.assert_close(
-            kernels.gemv(quantized, row, None), (from_reference @ row.double()).float(), **close
-        )
+    for rows in (torch.randn(inputs), torch.randn(5, inputs)):
+        expected = (quantized_activations(rows).double() @ dequantized.T + bias.double()).float()
+        torch.testing.assert_close(kernels.gemm(quantized, rows, bias), expected, **close)
+        torch.testing.assert_close(kernels.gemm(quantized, rows, None), expected - bias, **close)
 
 
-def test_an_int8_kernel_linear_computes_with_its_int8_values_on_every_path(kernels):
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bf16_prefill", [False, True])
+def test_a_quantized_kernel_linear_computes_with_its_values_on_every_path(
+    kernels, bits, bf16_prefill
+):
     torch.manual_seed(0)
     linear = nn.Linear(64, 40)
     original = linear.weight.detach().clone()
-    swapped = KernelLinear.wrap(linear, kernels, int8=True)
-    assert swapped.int8 is not None
-    values, scales = reference_int8(original)
+    swapped = KernelLinear.wrap(linear, kernels, bits, bf16_prefill)
+    assert swapped.quantized is not None and swapped.quantized.bits == bits
+    values, scales = reference_quantized(original, bits)
     dequantized = (values.float() * scales.float().repeat_interleave(32, 1)).reshape(40, 64)
-    torch.testing.assert_close(swapped.weight.detach(), dequantized, rtol=0, atol=1e-6)
+    torch.testing.assert_close(swapped.quantized.dequantize(), dequantized, rtol=0, atol=1e-6)
+    assert swapped.weight.numel() == 0, "the float32 weight is freed"
     reference = nn.Linear(64, 40)
     with torch.no_grad():
         reference.weight.copy_(dequantized)
         reference.bias.copy_(linear.bias)
-    for shape in ((1, 1, 64), (64,), (2, 5, 64)):
+    with_quantized_activations(reference, BF16_MIN_ROWS)
+    if bf16_prefill:
+        with_bf16_prompts(reference, BF16_MIN_ROWS)
+    for shape in ((1, 1, 64), (64,), (2, 5, 64), (1, BF16_MIN_ROWS - 1, 64), (2, 40, 64)):
         hidden = torch.randn(*shape)
         torch.testing.assert_close(swapped(hidden), reference(hidden), rtol=1e-4, atol=1e-4)
-    odd = KernelLinear.wrap(nn.Linear(24, 8), kernels, int8=True)
-    assert odd.int8 is None, "inputs not a multiple of 32 stay float32"
+    if bf16_prefill:  # a float32 product of many rows differs: the bfloat16 path was taken
+        many = torch.randn(1, 40, 64)
+        assert not torch.allclose(swapped(many), many @ dequantized.T + linear.bias, atol=1e-4)
+    odd = KernelLinear.wrap(nn.Linear(24, 8), kernels, bits, bf16_prefill)
+    assert odd.quantized is None and odd.prefill_weight is None, "inputs not a multiple of 32"
+
+
+def test_a_weight_another_module_shares_becomes_its_quantized_values(kernels):
+    torch.manual_seed(1)
+    embedding, head = nn.Embedding(40, 64), nn.Linear(64, 40, bias=False)
+    head.weight = embedding.weight
+    tied = nn.ModuleDict({"embedding": embedding, "head": head})
+    values, scales = reference_quantized(embedding.weight.detach(), 8)
+    assert use_cpu_kernels(tied, 8) is not None
+    assert isinstance(tied["head"], KernelLinear) and tied["head"].quantized is not None
+    expected = values.float() * scales.float().repeat_interleave(32, 1)
+    torch.testing.assert_close(tied["head"].weight.detach(), expected, rtol=0, atol=1e-6)
+    assert tied["head"].weight is embedding.weight
 
 
 def _decode_logits(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
@@ -152,6 +199,29 @@ def test_a_model_on_the_kernels_decodes_what_torch_decodes(tiny_model: Path):
         torch.testing.assert_close(step_got, step_expected, rtol=1e-4, atol=1e-4)
 
 
+def _assert_close(got: torch.Tensor, expected: torch.Tensor, bits: int | None) -> None:
+    """Float32: equal up to summation order. Quantized activations: an activation within 1e-7 of
+    a rounding boundary may round the other way in one of the two (their float32 sums differ in
+    the last bits), which moves a logit of these models by up to ~1e-2, and on average by much
+    less; a wrong scale, group or offset moves them by far more."""
+    if bits is None:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        return
+    difference = (got - expected).abs()
+    assert float(difference.max()) < 3e-2 and float(difference.mean()) < 2e-3
+
+
+def _on_the_kernels(plain: nn.Module, bits: int | None, build: str) -> tuple[nn.Module, CpuKernels]:
+    """A copy of `plain` on the kernels (`build`) with `bits`-bit weights; `plain` then
+    computes what they should (as_quantized_server)."""
+    fast = copy.deepcopy(plain)
+    kernels = use_cpu_kernels(fast, bits, BUILDS[build])
+    assert kernels is not None
+    if bits is not None:
+        as_quantized_server(plain, bits, BF16_MIN_ROWS)
+    return fast, kernels
+
+
 def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeoXForCausalLM:
     torch.manual_seed(7)
     return GPTNeoXForCausalLM(
@@ -174,26 +244,25 @@ def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeo
 
 
 @pytest.mark.parametrize(
-    ("parallel_residual", "rotary_share", "attention_bias", "int8"),
+    ("parallel_residual", "rotary_share", "attention_bias", "bits"),
     [
-        (False, 1.0, True, False),
-        (True, 0.25, True, False),
-        (True, 1.0, False, False),
-        (False, 1.0, True, True),
-        (True, 0.25, False, True),
+        (False, 1.0, True, None),
+        (True, 0.25, True, None),
+        (True, 1.0, False, None),
+        (False, 1.0, True, 8),
+        (True, 0.25, False, 8),
+        (False, 0.25, True, 4),
+        (True, 1.0, False, 4),
     ],
 )
+@pytest.mark.parametrize("build", list(BUILDS))
 def test_the_whole_model_decode_step_computes_what_transformers_computes(
-    parallel_residual, rotary_share, attention_bias, int8
+    parallel_residual, rotary_share, attention_bias, bits, build
 ):
     plain = _neox(parallel_residual, rotary_share, attention_bias=attention_bias)
-    fast = copy.deepcopy(plain)
-    if int8:
-        plain = with_int8_values(plain)
-    kernels = use_cpu_kernels(fast, int8=int8)
-    assert kernels is not None
+    fast, kernels = _on_the_kernels(plain, bits, build)
     linears = [module for module in fast.modules() if isinstance(module, KernelLinear)]
-    assert all((module.int8 is not None) == int8 for module in linears)
+    assert all((module.quantized is not None) == bool(bits) for module in linears)
     step = NeoXTokenStep.for_model(fast, kernels)
     assert step is not None
     # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
@@ -206,21 +275,18 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
             token = int(expected.argmax())
             expected = plain(input_ids=torch.tensor([[token]]), cache=expected_cache).logits[0, -1]
             assert step.applies(cache)
-            torch.testing.assert_close(step(token, cache), expected, rtol=1e-4, atol=1e-4)
+            _assert_close(step(token, cache), expected, bits)
     assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 12
     for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
-        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+        _assert_close(ours.keys, theirs.keys, bits)
+        _assert_close(ours.values, theirs.values, bits)
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_the_step_feeds_several_tokens_as_transformers_feeds_them(int8):
+@pytest.mark.parametrize("bits", [None, 8, 4])
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_the_step_feeds_several_tokens_as_transformers_feeds_them(bits, build):
     plain = _neox(False, 0.25)
-    fast = copy.deepcopy(plain)
-    if int8:
-        plain = with_int8_values(plain)
-    kernels = use_cpu_kernels(fast, int8=int8)
-    assert kernels is not None
+    fast, kernels = _on_the_kernels(plain, bits, build)
     step = NeoXTokenStep.for_model(fast, kernels)
     assert step is not None
     prompt = [1 + (i * 13) % 290 for i in range(250)]
@@ -232,11 +298,11 @@ def test_the_step_feeds_several_tokens_as_transformers_feeds_them(int8):
             expected = plain(input_ids=torch.tensor([chunk]), cache=expected_cache).logits[0]
             got = step(chunk, cache)
             assert got.shape == (len(chunk), 300)
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            _assert_close(got, expected, bits)
     assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 15
     for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
-        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+        _assert_close(ours.keys, theirs.keys, bits)
+        _assert_close(ours.values, theirs.values, bits)
 
 
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
@@ -274,13 +340,17 @@ def test_the_generator_decodes_with_the_whole_model_step(tiny_model: Path, monke
     assert calls[0] == typed[55:], "a few typed tokens after the cached ones: one call"
 
 
-def test_int8_serves_the_greedy_text_of_transformers_on_the_int8_values(tiny_model: Path):
-    loaded = load_model(Settings(model=str(tiny_model), dtype="int8"))
-    assert loaded.dtype_name == "int8" and loaded.token_step is not None
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_weights_serve_the_greedy_text_of_transformers_on_their_values(
+    tiny_model: Path, bits
+):
+    loaded = load_model(Settings(model=str(tiny_model), dtype=f"int{bits}"))
+    assert loaded.dtype_name == f"int{bits}" and loaded.token_step is not None
     linears = [module for module in loaded.model.modules() if isinstance(module, KernelLinear)]
-    assert linears and all(module.int8 is not None for module in linears)
-    reference = ReferenceModel(tiny_model)
-    with_int8_values(reference.model)
+    assert linears and all(module.quantized is not None for module in linears)
+    assert all((module.prefill_weight is not None) == cpu_has_bf16() for module in linears)
+    reference = ReferenceModel(tiny_model, bits=None)
+    as_quantized_server(reference.model, bits, BF16_MIN_ROWS)
     greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
     for start in (5, 200):
         prompt = [start + (i * 37) % 400 for i in range(70)]
@@ -312,3 +382,33 @@ def test_the_kernel_cache_tells_compilers_apart_without_running_them(tmp_path):
     compiler.write_text("#!/bin/sh\ntouch ran # upgraded\n")
     assert _compiler_identity(str(compiler)) != first
     assert not (tmp_path / "ran").exists() and not Path("ran").exists()
+
+
+def test_the_build_is_chosen_by_the_cpus_flags_and_each_is_cached_apart(monkeypatch, tmp_path):
+    avx2 = {"sse4_2", "avx", "avx2", "fma", "f16c"}
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(avx2))
+    assert [build.name for build in runnable_builds()] == ["avx2"]
+    vnni = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(vnni))
+    assert [build.name for build in runnable_builds()] == ["avx512-vnni", "avx2"]
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset({"sse4_2"}))
+    assert runnable_builds() == []
+    monkeypatch.undo()
+    assert {build.name for build in runnable_builds()} == {
+        build.name for build in cpu_kernels.BUILDS if build.needs <= cpu_flags()
+    }
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for build in runnable_builds():
+        assert CpuKernels.load(build).build == build
+    libraries = list(tmp_path.rglob("cpu_kernels-*.so"))
+    assert len(libraries) == len(runnable_builds()), "one library per build"
+
+
+def test_auto_picks_int8_weights_on_a_cpu_and_says_so(tiny_model: Path):
+    loaded = load_model(Settings(model=str(tiny_model)))
+    assert loaded.dtype_name == "int8" and loaded.notices == ()
+    linears = [module for module in loaded.model.modules() if isinstance(module, KernelLinear)]
+    assert linears and all(module.quantized.bits == 8 for module in linears)
+    exact = load_model(Settings(model=str(tiny_model), dtype="float32"))
+    assert exact.dtype_name == "float32"
+    assert not any(isinstance(m, KernelLinear) and m.quantized for m in exact.model.modules())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import ReferenceModel, with_int8_values
+from reference import ReferenceModel, as_quantized_server
 
 from polycoder_ls.config import Settings
+from polycoder_ls.engine.cpu_kernels import BF16_MIN_ROWS
 from polycoder_ls.engine.generate import DecodeParams, Generator, PromptLookup, _choose
 from polycoder_ls.engine.loading import LoadedModel, load_model
 from polycoder_ls.engine_state import NANO_DIRECTORY
@@ -58,7 +59,9 @@ def test_documents_do_not_share_caches(loaded):
     assert stats.reused_tokens == 0
 
 
-def test_untrained_embedding_rows_are_never_emitted(loaded):
+def test_untrained_embedding_rows_are_never_emitted(tiny_model: Path):
+    # float32: the test edits the head's weights (quantized ones have no float32 matrix)
+    loaded = load_model(Settings(model=str(tiny_model), threads=1, dtype="float32"))
     output = loaded.model.get_output_embeddings().weight
     assert output.shape[0] > loaded.vocab_limit
     saved = output.data[loaded.vocab_limit :].clone()
@@ -199,13 +202,13 @@ def nano() -> LoadedModel:
     return load_model(Settings(model="nano"))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "int8", "int4"])
 def test_speculation_keeps_the_greedy_text_in_fewer_forward_passes(dtype):
     loaded = load_model(Settings(model="nano", dtype=dtype))
     prompt = loaded.tokenize(CODE)[0]
-    reference = ReferenceModel(NANO_DIRECTORY)
-    if dtype == "int8":
-        with_int8_values(reference.model)
+    reference = ReferenceModel(NANO_DIRECTORY, bits=None)
+    if dtype != "float32":
+        as_quantized_server(reference.model, int(dtype.removeprefix("int")), BF16_MIN_ROWS)
     expected = reference.raw_generation(prompt, 40)
     plain = DecodeParams(max_new_tokens=40, temperature=0.0, top_p=1.0)
     speculative = DecodeParams(max_new_tokens=40, temperature=0.0, top_p=1.0, draft_tokens=8)
