@@ -18,9 +18,11 @@ from torch.nn import functional
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
 )
+from transformers.cache_utils import DynamicLayer
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.cpu_kernels import use_cpu_kernels
@@ -48,6 +50,8 @@ class Expected:
 class ReferenceModel:
     def __init__(self, model_dir: Path, bits: int | None = 8) -> None:
         """`bits`: the server's weights, 8 as with `dtype: auto` on a CPU, None for float32."""
+        self.float16_kv = bits is not None
+        """Keys and values rounded to float16 as they are cached, as with quantized weights."""
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         # The server's CPU kernels for matrix products and attention, and its weights: the same
@@ -91,6 +95,7 @@ class ReferenceModel:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.all_special_ids,
                 logits_processor=LogitsProcessorList([_Spell(self, len(prompt), healed)]),
+                cache=float16_cache(self.model) if self.float16_kv else None,
             )
         return self.tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
 
@@ -279,10 +284,26 @@ def with_quantized_activations(model: nn.Module, max_rows: int) -> nn.Module:
     return model
 
 
+class _Float16Layer(DynamicLayer):
+    """Keys and values rounded to float16 as they are stored, attended to as float32."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        rounded = key_states.half().float(), value_states.half().float()
+        return super().update(*rounded, *args, **kwargs)
+
+
+def float16_cache(model: nn.Module) -> DynamicCache:
+    """A cache for `model` that keeps its keys and values as float16 (what a quantized model's
+    server keeps)."""
+    cache = DynamicCache()
+    cache.layers = [_Float16Layer() for _ in range(model.config.num_hidden_layers)]
+    return cache
+
+
 def as_quantized_server(model: nn.Module, bits: int, bf16_min_rows: int) -> nn.Module:
     """`model` computing what a server with `bits`-bit weights computes: the weights' values,
     activations quantized for products of fewer than `bf16_min_rows` rows, and more rows in
-    bfloat16 where the CPU has it."""
+    bfloat16 where the CPU has it (its cache: float16_cache)."""
     with_quantized_values(model, bits)
     with_quantized_activations(model, bf16_min_rows)
     if cpu_has_bf16():

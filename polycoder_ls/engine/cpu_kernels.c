@@ -230,12 +230,47 @@ static float exponentiate(float *s, int64_t length, float largest) {
     return total;
 }
 
-/* Softmax attention of one query q[dim] over `length` rows of k and v; writes o[dim], uses s. */
-static void attend_head_any(const float *q, const float *k, const float *v, float *o, float *s,
-                            int64_t length, int64_t dim, float scale) {
-    float largest = dot(q, k, dim) * scale;
+/* Cached keys and values are float32, or float16 (`half`): 8 of them from `at` as floats. */
+static inline __m256 load8(const void *rows, int64_t at, int half) {
+    if (half) {
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)rows + at)));
+    }
+    return _mm256_loadu_ps((const float *)rows + at);
+}
+
+static inline float load1(const void *rows, int64_t at, int half) {
+    return half ? _cvtsh_ss(((const uint16_t *)rows)[at]) : ((const float *)rows)[at];
+}
+
+static inline void store1(void *rows, int64_t at, float value, int half) {
+    if (half) {
+        ((uint16_t *)rows)[at] = _cvtss_sh(value, _MM_FROUND_TO_NEAREST_INT);
+    } else {
+        ((float *)rows)[at] = value;
+    }
+}
+
+/* The dot product of q[dim] with a cached row. */
+static float dot_cached(const float *q, const void *rows, int64_t at, int64_t dim, int half) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(rows, at + i, half), acc);
+    }
+    float total = sum8(acc);
+    for (; i < dim; i++) {
+        total += q[i] * load1(rows, at + i, half);
+    }
+    return total;
+}
+
+/* Softmax attention of one query q[dim] over `length` cached rows of k and v; writes o[dim],
+ * uses s. */
+static void attend_head_any(const float *q, const void *k, const void *v, float *o, float *s,
+                            int64_t length, int64_t dim, float scale, int half) {
+    float largest = dot_cached(q, k, 0, dim, half) * scale;
     for (int64_t position = 0; position < length; position++) {
-        s[position] = dot(q, k + position * dim, dim) * scale;
+        s[position] = dot_cached(q, k, position * dim, dim, half) * scale;
         largest = s[position] > largest ? s[position] : largest;
     }
     float total = exponentiate(s, length, largest);
@@ -243,7 +278,9 @@ static void attend_head_any(const float *q, const float *k, const float *v, floa
         o[i] = 0.0f;
     }
     for (int64_t position = 0; position < length; position++) {
-        axpy(o, s[position] / total, v + position * dim, dim);
+        for (int64_t i = 0; i < dim; i++) {
+            o[i] += s[position] / total * load1(v, position * dim + i, half);
+        }
     }
 }
 
@@ -252,8 +289,8 @@ enum { MAX_BLOCKS = 16 };
 /* attend_head_any for a dim of `blocks` * 8 floats, known when this is inlined: the query and
  * the output stay in registers while the keys and values stream past. */
 static inline __attribute__((always_inline)) void attend_head_blocks(
-    const float *q, const float *k, const float *v, float *o, float *s, int64_t length,
-    const int blocks, float scale) {
+    const float *q, const void *k, const void *v, float *o, float *s, int64_t length,
+    const int blocks, float scale, const int half) {
     const int64_t dim = 8 * blocks;
     __m256 query[MAX_BLOCKS], out[MAX_BLOCKS];
     for (int b = 0; b < blocks; b++) {
@@ -262,14 +299,14 @@ static inline __attribute__((always_inline)) void attend_head_blocks(
     }
     float largest = 0.0f;
     for (int64_t position = 0; position < length; position++) {
-        const float *row = k + position * dim;
-        __m256 even = _mm256_mul_ps(query[0], _mm256_loadu_ps(row));
+        const int64_t row = position * dim;
+        __m256 even = _mm256_mul_ps(query[0], load8(k, row, half));
         __m256 odd = _mm256_setzero_ps();
         for (int b = 1; b < blocks; b++) {
             if (b % 2) {
-                odd = _mm256_fmadd_ps(query[b], _mm256_loadu_ps(row + 8 * b), odd);
+                odd = _mm256_fmadd_ps(query[b], load8(k, row + 8 * b, half), odd);
             } else {
-                even = _mm256_fmadd_ps(query[b], _mm256_loadu_ps(row + 8 * b), even);
+                even = _mm256_fmadd_ps(query[b], load8(k, row + 8 * b, half), even);
             }
         }
         s[position] = sum8(_mm256_add_ps(even, odd));
@@ -277,10 +314,10 @@ static inline __attribute__((always_inline)) void attend_head_blocks(
     }
     float total = exponentiate(s, length, largest);
     for (int64_t position = 0; position < length; position++) {
-        const float *row = v + position * dim;
+        const int64_t row = position * dim;
         __m256 weight = _mm256_set1_ps(s[position]);
         for (int b = 0; b < blocks; b++) {
-            out[b] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row + 8 * b), out[b]);
+            out[b] = _mm256_fmadd_ps(weight, load8(v, row + 8 * b, half), out[b]);
         }
     }
     __m256 inverse = _mm256_set1_ps(1.0f / total);
@@ -289,20 +326,25 @@ static inline __attribute__((always_inline)) void attend_head_blocks(
     }
 }
 
-static void attend_head(const float *q, const float *k, const float *v, float *o, float *s,
-                        int64_t length, int64_t dim, float scale) {
+/* attend_head_blocks with its dim and the cache's type known when inlined. */
+#define ATTEND_BLOCKS(blocks)                                                              \
+    (half ? attend_head_blocks(q, k, v, o, s, length, blocks, scale, 1)                    \
+          : attend_head_blocks(q, k, v, o, s, length, blocks, scale, 0))
+
+static void attend_head(const float *q, const void *k, const void *v, float *o, float *s,
+                        int64_t length, int64_t dim, float scale, int half) {
     switch (dim) {
     case 64:
-        attend_head_blocks(q, k, v, o, s, length, 8, scale);
+        ATTEND_BLOCKS(8);
         break;
     case 80:
-        attend_head_blocks(q, k, v, o, s, length, 10, scale);
+        ATTEND_BLOCKS(10);
         break;
     case 128:
-        attend_head_blocks(q, k, v, o, s, length, 16, scale);
+        ATTEND_BLOCKS(16);
         break;
     default:
-        attend_head_any(q, k, v, o, s, length, dim, scale);
+        attend_head_any(q, k, v, o, s, length, dim, scale, half);
     }
 }
 
@@ -315,7 +357,7 @@ void pcls_attend(const float *query, const float *keys, const float *values, flo
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t head = 0; head < heads; head++) {
         attend_head(query + head * dim, keys + head * head_stride, values + head * head_stride,
-                    out + head * dim, scores + head * length, length, dim, scale);
+                    out + head * dim, scores + head * length, length, dim, scale, 0);
     }
 }
 
@@ -332,16 +374,17 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_
 
 /* One new token's query and key for one head get the rotary embedding in qkv ([query | key |
  * value], dim floats each); its key and value are written at row `position` of the head's
- * cache rows. */
+ * cache rows (float16 ones if `half`). */
 static void neox_cache_token(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
-                             float *key_rows, float *value_rows, int64_t position, int64_t dim) {
+                             void *key_rows, void *value_rows, int64_t position, int64_t dim,
+                             int half) {
     float *q = qkv, *k = qkv + dim;
     const float *v = k + dim;
     rotate(q, cos, sin, rotary_dim);
     rotate(k, cos, sin, rotary_dim);
     for (int64_t i = 0; i < dim; i++) {
-        key_rows[position * dim + i] = k[i];
-        value_rows[position * dim + i] = v[i];
+        store1(key_rows, position * dim + i, k[i], half);
+        store1(value_rows, position * dim + i, v[i], half);
     }
 }
 
@@ -371,7 +414,7 @@ static void add(float *x, const float *y, int64_t n) {
 struct neox_shape {
     int64_t layers, hidden, heads, head_dim, intermediate, rotary_dim, vocab, position;
     float eps, scale;
-    int64_t parallel_residual, bits;
+    int64_t parallel_residual, bits, kv_half;
 };
 
 /* Each layer's pointers, in this order, in `layer_pointers`. */
@@ -398,7 +441,8 @@ int64_t pcls_neox_workspace(const struct neox_shape *shape, int64_t tokens) {
 /* `tokens` new tokens through a whole GPT-NeoX model (exact GELU, layer norms, rotary
  * embedding), in one parallel region, each weight matrix read once: `embeddings` holds their
  * input embeddings [tokens, hidden]; cos and sin their rotary tables [tokens, rotary_dim]; each
- * layer's caches are [heads][head_strides[layer]] floats with room for rows position ..
+ * layer's caches are [heads][head_strides[layer]] values (float16 if shape->kv_half, else
+ * float32) with room for rows position ..
  * position + tokens - 1, which are written, and token t attends to rows 0 .. position + t;
  * logits[tokens, vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero).
  * A matrix whose scales are NULL is float32, else quantized with shape->bits (gemm_rows). */
@@ -412,7 +456,7 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
     const int64_t inter = shape->intermediate, rotary_dim = shape->rotary_dim;
     const int64_t position = shape->position, span = position + tokens;
     const float eps = shape->eps;
-    const int bits = (int)shape->bits;
+    const int bits = (int)shape->bits, kv_half = (int)shape->kv_half;
     float *x = workspace, *normed = x + tokens * hidden, *qkv = normed + tokens * hidden;
     float *attended = qkv + tokens * 3 * hidden, *projected = attended + tokens * hidden;
     float *expanded = projected + tokens * hidden, *scores = expanded + tokens * inter;
@@ -435,25 +479,24 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
             }
             gemm_rows(matrix(p[QKV_WEIGHT], p[QKV_SCALES], bits), normed, p[QKV_BIAS], qkv,
                       3 * hidden, hidden, tokens, STORE, shared);
-            float *keys = p[KEYS], *values = p[VALUES];
+            const int64_t cached = kv_half ? 2 : 4, stride = head_strides[layer] * cached;
+            char *keys = p[KEYS], *values = p[VALUES];
 #pragma omp for schedule(static)
             for (int64_t head = 0; head < heads; head++) {
                 for (int64_t t = 0; t < tokens; t++) {
                     neox_cache_token(qkv + t * 3 * hidden + head * 3 * dim, cos + t * rotary_dim,
                                      sin + t * rotary_dim, rotary_dim,
-                                     keys + head * head_strides[layer],
-                                     values + head * head_strides[layer], position + t, dim);
+                                     keys + head * stride, values + head * stride, position + t,
+                                     dim, kv_half);
                 }
             }
 #pragma omp for schedule(static) collapse(2)
             for (int64_t head = 0; head < heads; head++) {
                 for (int64_t t = 0; t < tokens; t++) {
-                    attend_head(qkv + t * 3 * hidden + head * 3 * dim,
-                                keys + head * head_strides[layer],
-                                values + head * head_strides[layer],
-                                attended + t * hidden + head * dim,
+                    attend_head(qkv + t * 3 * hidden + head * 3 * dim, keys + head * stride,
+                                values + head * stride, attended + t * hidden + head * dim,
                                 scores + (head * tokens + t) * span, position + t + 1, dim,
-                                shape->scale);
+                                shape->scale, kv_half);
                 }
             }
             gemm_rows(matrix(p[DENSE_WEIGHT], p[DENSE_SCALES], bits), attended, p[DENSE_BIAS],

@@ -175,6 +175,7 @@ class NeoXShape(ctypes.Structure):
         ("scale", ctypes.c_float),
         ("parallel_residual", _INT),
         ("bits", _INT),
+        ("kv_half", _INT),
     ]
 
 

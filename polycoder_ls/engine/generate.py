@@ -126,7 +126,8 @@ class Generator:
         kept = self._kept.pop(key, None)
         if kept is None:
             layers = self.loaded.model.config.get_text_config().num_hidden_layers
-            return _KeptState([], preallocated_cache(layers, len(prompt) + new_tokens))
+            capacity = len(prompt) + new_tokens
+            return _KeptState([], preallocated_cache(layers, capacity, self.loaded.kv_storage))
         keep = min(_common_prefix_length(kept.token_ids, prompt), len(prompt) - 1)
         kept.cache.crop(keep - kept.cache.get_seq_length())
         return _KeptState(kept.token_ids[:keep], kept.cache)

@@ -22,11 +22,14 @@ def _round_up(tokens: int) -> int:
 
 
 class PreallocatedLayer(DynamicLayer):
-    """One layer's keys and values in a buffer of `[batch, heads, capacity, head_dim]`."""
+    """One layer's keys and values in a buffer of `[batch, heads, capacity, head_dim]`, stored
+    as the model computes them or as `storage` (float16: half the bytes for a decode step to
+    read; torch's attention then gets float32 copies)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, storage: torch.dtype | None = None) -> None:
         super().__init__()
         self.capacity = capacity
+        self.storage = storage
         self.length = 0
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
@@ -39,8 +42,9 @@ class PreallocatedLayer(DynamicLayer):
 
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         batch, heads, _, key_dim = keys.shape
-        key_buffer = keys.new_empty(batch, heads, capacity, key_dim)
-        value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1])
+        dtype = self.storage or keys.dtype
+        key_buffer = keys.new_empty(batch, heads, capacity, key_dim, dtype=dtype)
+        value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1], dtype=dtype)
         if self._key_buffer is not None and self._value_buffer is not None:
             key_buffer[..., : self.length, :] = self._key_buffer[..., : self.length, :]
             value_buffer[..., : self.length, :] = self._value_buffer[..., : self.length, :]
@@ -65,7 +69,13 @@ class PreallocatedLayer(DynamicLayer):
         self._key_buffer[..., self.length : end, :] = key_states
         self._value_buffer[..., self.length : end, :] = value_states
         self.length = end
-        return self._expose()
+        keys, values = self._expose()
+        return keys.to(key_states.dtype), values.to(value_states.dtype)
+
+    @property
+    def stored_dtype(self) -> torch.dtype | None:
+        """The buffer's type (None before the first update)."""
+        return None if self._key_buffer is None else self._key_buffer.dtype
 
     @property
     def sequences(self) -> int:
@@ -108,10 +118,13 @@ class PreallocatedLayer(DynamicLayer):
         return self._key_buffer.nbytes + self._value_buffer.nbytes
 
 
-def preallocated_cache(num_layers: int, capacity: int) -> DynamicCache:
-    """A DynamicCache whose layers grow in place, sized for `capacity` tokens to start with."""
+def preallocated_cache(
+    num_layers: int, capacity: int, storage: torch.dtype | None = None
+) -> DynamicCache:
+    """A DynamicCache whose layers grow in place, sized for `capacity` tokens to start with,
+    stored as `storage` (None: as computed)."""
     cache = DynamicCache()
-    cache.layers = [PreallocatedLayer(capacity) for _ in range(num_layers)]
+    cache.layers = [PreallocatedLayer(capacity, storage) for _ in range(num_layers)]
     return cache
 
 

@@ -59,6 +59,9 @@ class LoadedModel:
     quantized_bits: int | None = None
     """Linear layers hold weights of this many bits (8 or 4, on the CPU kernels); `dtype` is
     their values' type."""
+    kv_storage: torch.dtype | None = None
+    """The KV cache's type where it is not the model's: float16 for quantized weights with the
+    whole-model decode step (half the bytes a step reads, as llama.cpp's caches)."""
 
     @property
     def dtype_name(self) -> str:
@@ -221,6 +224,7 @@ def load_model(settings: Settings) -> LoadedModel:
         token_step=token_step,
         notices=notices,
         quantized_bits=bits,
+        kv_storage=torch.float16 if bits is not None and token_step is not None else None,
     )
 
 
@@ -259,6 +263,7 @@ def _loaded(
     token_step: NeoXTokenStep | None = None,
     notices: tuple[str, ...] = (),
     quantized_bits: int | None = None,
+    kv_storage: torch.dtype | None = None,
 ) -> LoadedModel:
     vocab_limit = min(len(tokenizer), config.get_text_config().vocab_size)
     vocabulary = {token: id for token, id in tokenizer.get_vocab().items() if id < vocab_limit}
@@ -286,6 +291,7 @@ def _loaded(
         token_texts=_token_texts(tokenizer, vocab_limit),
         fim=fim,
         quantized_bits=quantized_bits,
+        kv_storage=kv_storage,
     )
 
 

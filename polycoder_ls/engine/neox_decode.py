@@ -114,9 +114,12 @@ class NeoXTokenStep:
             for layer in cache.layers
             if isinstance(layer, PreallocatedLayer) and layer.is_initialized
         ]
-        return len(layers) == len(cache.layers) == len(self.layers) and {
-            (layer.length, layer.sequences) for layer in layers
-        } == {(layers[0].length, 1)}
+        stored = {(layer.length, layer.sequences, layer.stored_dtype) for layer in layers}
+        first = (layers[0].length, 1) if layers else (0, 1)
+        return len(layers) == len(cache.layers) == len(self.layers) and stored in (
+            {(*first, torch.float32)},
+            {(*first, torch.float16)},
+        )
 
     def __call__(self, tokens: int | list[int], cache: DynamicCache) -> torch.Tensor:
         """The logits after `tokens`, whose keys and values are appended to `cache`: [vocab]
@@ -133,9 +136,10 @@ class NeoXTokenStep:
             keys, values = cache_layer.append_rows(len(ids))
             pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
             head_strides.append(keys.stride(0))
+        kv_half = int(keys.dtype == torch.float16)
         final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
         logits = self.kernels.neox_step(
-            NeoXShape(**self.shape, position=position),
+            NeoXShape(**self.shape, position=position, kv_half=kv_half),
             embeddings,
             pointers,
             head_strides,

@@ -162,7 +162,7 @@ def remote_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def remote_reference(remote_model: Path) -> ReferenceModel:
-    return ReferenceModel(remote_model)
+    return ReferenceModel(remote_model, bits=None)  # vLLM serves it in float32
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from reference import (
     ReferenceModel,
     as_quantized_server,
     cpu_has_bf16,
+    float16_cache,
     quantized_activations,
     reference_quantized,
     with_bf16_prompts,
@@ -211,6 +212,13 @@ def _assert_close(got: torch.Tensor, expected: torch.Tensor, bits: int | None) -
     assert float(difference.max()) < 3e-2 and float(difference.mean()) < 2e-3
 
 
+def _caches(plain: nn.Module, bits: int | None, tokens: int) -> tuple[DynamicCache, DynamicCache]:
+    """The reference's cache and the kernels' (float16 with quantized weights, as served)."""
+    if bits is None:
+        return preallocated_cache(3, tokens), preallocated_cache(3, tokens)
+    return float16_cache(plain), preallocated_cache(3, tokens, torch.float16)
+
+
 def _on_the_kernels(plain: nn.Module, bits: int | None, build: str) -> tuple[nn.Module, CpuKernels]:
     """A copy of `plain` on the kernels (`build`) with `bits`-bit weights; `plain` then
     computes what they should (as_quantized_server)."""
@@ -267,7 +275,7 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
     assert step is not None
     # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
     prompt = [1 + (i * 13) % 290 for i in range(250)]
-    expected_cache, cache = preallocated_cache(3, len(prompt)), preallocated_cache(3, len(prompt))
+    expected_cache, cache = _caches(plain, bits, len(prompt))
     with torch.inference_mode():
         expected = plain(input_ids=torch.tensor([prompt]), cache=expected_cache).logits[0, -1]
         fast(input_ids=torch.tensor([prompt]), cache=cache)
@@ -290,7 +298,7 @@ def test_the_step_feeds_several_tokens_as_transformers_feeds_them(bits, build):
     step = NeoXTokenStep.for_model(fast, kernels)
     assert step is not None
     prompt = [1 + (i * 13) % 290 for i in range(250)]
-    expected_cache, cache = preallocated_cache(3, len(prompt)), preallocated_cache(3, len(prompt))
+    expected_cache, cache = _caches(plain, bits, len(prompt))
     with torch.inference_mode():
         plain(input_ids=torch.tensor([prompt]), cache=expected_cache)
         fast(input_ids=torch.tensor([prompt]), cache=cache)
@@ -351,6 +359,7 @@ def test_quantized_weights_serve_the_greedy_text_of_transformers_on_their_values
     assert all((module.prefill_weight is not None) == cpu_has_bf16() for module in linears)
     reference = ReferenceModel(tiny_model, bits=None)
     as_quantized_server(reference.model, bits, BF16_MIN_ROWS)
+    reference.float16_kv = True
     greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
     for start in (5, 200):
         prompt = [start + (i * 37) % 400 for i in range(70)]
@@ -412,3 +421,9 @@ def test_auto_picks_int8_weights_on_a_cpu_and_says_so(tiny_model: Path):
     exact = load_model(Settings(model=str(tiny_model), dtype="float32"))
     assert exact.dtype_name == "float32"
     assert not any(isinstance(m, KernelLinear) and m.quantized for m in exact.model.modules())
+    greedy = DecodeParams(max_new_tokens=4, temperature=0.0, top_p=1.0)
+    for model, stored in ((loaded, torch.float16), (exact, torch.float32)):
+        generator = Generator(model)
+        generator.generate("doc", list(range(5, 50)), greedy, lambda _: False, lambda: False)
+        kept = generator._kept["doc"].cache.layers
+        assert {layer.stored_dtype for layer in kept} == {stored}, "quantized: a float16 cache"
