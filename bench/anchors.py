@@ -165,7 +165,8 @@ def greedy_agreement(model: Path, context: int) -> dict[str, Any]:
 
 def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
     """Bytes one decode step reads at `context` tokens / bandwidth, per format: the weights less
-    the input embedding, our float32 KV cache, llama.cpp's float16 one. q4_0 stores 18 bytes a
+    the input embedding, and the KV cache (float16 for quantized weights and llama.cpp, float32
+    for our float32). q4_0 stores 18 bytes a
     group of 32, q8_0 34, our int8 32 + a float16 scale and our int4 16 + one; q6_K (llama.cpp's
     q4_0 output layer) 210 bytes a block of 256."""
     config = json.loads((model / "config.json").read_text())
@@ -180,8 +181,8 @@ def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
 
     return {
         "polycoder-ls float32": ms(4 * (matrices + head), 4 * kv_values),
-        "polycoder-ls int8": ms(34 / 32 * (matrices + head), 4 * kv_values),
-        "polycoder-ls int4": ms(18 / 32 * (matrices + head), 4 * kv_values),
+        "polycoder-ls int8": ms(34 / 32 * (matrices + head), 2 * kv_values),
+        "polycoder-ls int4": ms(18 / 32 * (matrices + head), 2 * kv_values),
         "llama.cpp f32": ms(4 * (matrices + head), 2 * kv_values),
         "llama.cpp q8_0": ms(34 / 32 * (matrices + head), 2 * kv_values),
         "llama.cpp q4_0": ms(18 / 32 * matrices + 210 / 256 * head, 2 * kv_values),

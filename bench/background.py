@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--accepts", type=int, default=3, help="accepted in a row per file")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--open-pause", type=float, default=2.0, help="seconds after opening")
     args = parser.parse_args()
     model = build(args.shape, args.models)

@@ -55,14 +55,17 @@ def bandwidth_around(measure: Callable[[], Result]) -> tuple[Result, dict[str, f
     return result, {name: max(before[name], after[name]) for name in before}
 
 
-def bytes_per_decode_step(model: Any, context: int) -> tuple[int, int]:
+def bytes_per_decode_step(
+    model: Any, context: int, kv_storage: torch.dtype | None = None
+) -> tuple[int, int]:
     """Weight bytes and KV-cache bytes one decode step must read at `context` tokens (the input
-    embedding contributes one row, so it is left out; a quantized matrix counts its bytes)."""
+    embedding contributes one row, so it is left out; a quantized matrix counts its bytes; the
+    cache is stored as `kv_storage`, or as the model's parameters)."""
     config = model.config
     weights = sum(p.nbytes for name, p in model.named_parameters() if "embed_in" not in name)
     for module in model.modules():
         if getattr(module, "quantized", None) is not None:
             weights += module.quantized.nbytes - module.weight.nbytes
-    element = next(model.parameters()).element_size()
+    element = (kv_storage or next(model.parameters()).dtype).itemsize
     kv = config.num_hidden_layers * 2 * context * config.hidden_size * element
     return weights, kv

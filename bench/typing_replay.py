@@ -239,7 +239,9 @@ async def run_server(
     """One replay; `extra`: settings of a variant of polycoder-ls (--variant)."""
     settings = {"model": str(model), "maxNewTokens": args.max_new_tokens, "threads": args.threads}
     if naive:  # the usual completion server: no cache, nothing done ahead
-        settings.update({"cache": {"size": 0}, "prefetch": False, "warmStart": False})
+        settings.update(
+            {"cache": {"size": 0}, "prefetch": False, "warmStart": False, "dtype": "float32"}
+        )
     else:
         settings.update({"dtype": args.dtype, **(extra or {})})
     client = await start_server(settings, *(["--naive"] if naive else []))
@@ -320,7 +322,7 @@ def measure_engine(model: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = load_model(Settings(model=str(model), threads=args.threads, dtype=args.dtype))
     context = 1900
-    weight_bytes, kv_bytes = bytes_per_decode_step(loaded.model, context)
+    weight_bytes, kv_bytes = bytes_per_decode_step(loaded.model, context, loaded.kv_storage)
     generator = Generator(loaded)
     prompt = [3 + (i * 7919) % (loaded.vocab_limit - 3) for i in range(context)]
     greedy = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0)
@@ -465,7 +467,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cancel-trials", type=int, default=10)
     parser.add_argument(
-        "--dtype", default="float32", help="polycoder-ls's weights (the naive baseline: float32)"
+        "--dtype", default="auto", help="polycoder-ls's weights (the naive baseline: float32)"
     )
     parser.add_argument(
         "--variant",
