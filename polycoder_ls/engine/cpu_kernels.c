@@ -9,8 +9,9 @@
  * A matrix is float32, or quantized in groups of GROUP consecutive weights of a row, each
  * group with a float16 scale (weight = value * scale): int8 values (like ggml's q8_0, a quarter
  * of float32's bytes) or 4-bit ones (like q4_0, an eighth: a group's 16 bytes hold value j + 8
- * in the low nibble of byte j and value j + 16 + 8 in its high nibble), converted to float32 in
- * registers. `bits` says which: 0 (float32), 8 or 4. A quantized matrix multiplies rows of
+ * in the low nibble of byte j and value j + 16 + 8 in its high nibble). `bits` says which: 0
+ * (float32), 8 or 4. Cached keys and values are float32, or float16 (`half`), converted to
+ * float32 in registers. A quantized matrix multiplies rows of
  * activations quantized the same way (int8 in groups of GROUP, a float32 scale each: the group's
  * largest magnitude / 127), in integers: 32 products a group summed exactly, then scaled (as
  * llama.cpp multiplies q8_0 and q4_0 weights). With AVX512-VNNI one instruction multiplies and
@@ -145,19 +146,6 @@ static inline float dot_quantized(const void *q, int bits, const uint16_t *scale
     return sum8(_mm256_add_ps(acc0, acc1)) - offset0 - offset1;
 }
 
-/* out += weight * row, over n floats. */
-static inline void axpy(float *out, float weight, const float *row, int64_t n) {
-    __m256 w = _mm256_set1_ps(weight);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + i), _mm256_loadu_ps(out + i));
-        _mm256_storeu_ps(out + i, sum);
-    }
-    for (; i < n; i++) {
-        out[i] += weight * row[i];
-    }
-}
-
 /* What a row of a matrix-vector product does with its value. */
 enum row_output { STORE, STORE_GELU, ADD };
 
@@ -230,7 +218,7 @@ static float exponentiate(float *s, int64_t length, float largest) {
     return total;
 }
 
-/* Cached keys and values are float32, or float16 (`half`): 8 of them from `at` as floats. */
+/* 8 cached keys or values from `at` as floats. */
 static inline __m256 load8(const void *rows, int64_t at, int half) {
     if (half) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)rows + at)));
@@ -278,7 +266,13 @@ static void attend_head_any(const float *q, const void *k, const void *v, float 
         o[i] = 0.0f;
     }
     for (int64_t position = 0; position < length; position++) {
-        for (int64_t i = 0; i < dim; i++) {
+        const __m256 weight = _mm256_set1_ps(s[position] / total);
+        int64_t i = 0;
+        for (; i + 8 <= dim; i += 8) {
+            const __m256 row = load8(v, position * dim + i, half);
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(weight, row, _mm256_loadu_ps(o + i)));
+        }
+        for (; i < dim; i++) {
             o[i] += s[position] / total * load1(v, position * dim + i, half);
         }
     }

@@ -8,10 +8,12 @@ first use (about a second), cached under ~/.cache/polycoder-ls/kernels, and call
 ctypes. Anything they do not cover (other dtypes, masks that hide positions) goes to torch
 unchanged; neox_decode.py runs a whole GPT-NeoX decode step on them.
 
-Quantized weights (int8 or 4-bit in groups of GROUP, `QuantizedWeight`) keep their float32
-values beside them for torch. Products of many rows (prefill chunks, eval windows) then run
-in bfloat16 through torch where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): about
-twice float32's speed here (bench/decode_kernels.py), at a perplexity cost `eval` measures.
+Quantized weights (int8 or 4-bit in groups of GROUP, `QuantizedWeight`) replace the float32
+ones; products of fewer than BF16_MIN_ROWS rows run on them in the kernels, with activations
+quantized too. Products of more rows (prefill chunks, eval windows) run through torch: in
+bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX; about twice float32's speed
+here), else in float32 on the unpacked values. The kernels are built for the best of BUILDS
+the CPU runs, chosen at run time from its flags.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ BUILDS = (
 """The builds, best first: the first whose needs the CPU has is used (chosen at run time)."""
 GROUP = 32
 """Quantized weights come in groups of this many consecutive weights of a row, one scale each."""
-QUANTIZED_BITS = (8, 4)
+QUANTIZED_BLOCK_ROWS = 1024
+"""Rows quantized or unpacked at a time."""
 BF16_MIN_ROWS = 32
 """Products of at least this many rows of a quantized model run in bfloat16 (where the CPU has
 it); fewer rows (decode steps, drafts being checked) run on the quantized weights."""
@@ -329,7 +332,17 @@ class QuantizedWeight:
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bits: int) -> QuantizedWeight:
-        """Round each weight to the nearest multiple of its group's scale."""
+        """Round each weight to the nearest multiple of its group's scale (a block of rows at a
+        time: the temporaries stay small beside the matrix)."""
+        parts = [
+            cls._quantize_rows(weight[start : start + QUANTIZED_BLOCK_ROWS], bits)
+            for start in range(0, weight.shape[0], QUANTIZED_BLOCK_ROWS)
+        ]
+        stored = torch.cat([part.stored for part in parts])
+        return cls(stored, torch.cat([part.scales for part in parts]), bits)
+
+    @classmethod
+    def _quantize_rows(cls, weight: torch.Tensor, bits: int) -> QuantizedWeight:
         groups = weight.detach().float().reshape(weight.shape[0], -1, GROUP)
         if bits == 8:
             scales, low, high = groups.abs().amax(dim=-1) / 127, -127, 127
@@ -354,10 +367,16 @@ class QuantizedWeight:
         nibbles = torch.cat((packed & 0x0F, packed >> 4), dim=-1)
         return nibbles.to(torch.int8) - 8
 
-    def dequantize(self) -> torch.Tensor:
-        """The float32 matrix these values stand for."""
-        wide = self.scales.float().unsqueeze(-1)
-        return (self.values().float() * wide).reshape(self.shape)
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The matrix these values stand for, computed in float32 and stored as `dtype` (a
+        block of rows at a time)."""
+        out = torch.empty(self.shape, dtype=dtype)
+        for start in range(0, self.shape[0], QUANTIZED_BLOCK_ROWS):
+            rows = slice(start, start + QUANTIZED_BLOCK_ROWS)
+            part = QuantizedWeight(self.stored[rows], self.scales[rows], self.bits)
+            wide = part.scales.float().unsqueeze(-1)
+            out[rows] = (part.values().float() * wide).reshape(part.shape)
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -406,12 +425,11 @@ class KernelLinear(nn.Linear):
         swapped.quantized = swapped.prefill_weight = None
         if bits is not None and linear.in_features % GROUP == 0:
             swapped.quantized = QuantizedWeight.quantize(linear.weight, bits)
-            values = swapped.quantized.dequantize()
             if bf16_prefill:
-                swapped.prefill_weight = values.to(torch.bfloat16)
+                swapped.prefill_weight = swapped.quantized.dequantize(torch.bfloat16)
             with torch.no_grad():
                 if weight_shared:
-                    linear.weight.copy_(values)
+                    linear.weight.copy_(swapped.quantized.dequantize())
                 else:
                     swapped.weight = nn.Parameter(torch.empty(0), requires_grad=False)
         return swapped
@@ -474,6 +492,24 @@ def _kernel_attention(kernels: CpuKernels) -> Any:
     return attention
 
 
+def _own_the_rest(model: nn.Module) -> None:
+    """Copy the parameters left in float32 (embeddings, norms, biases) out of the checkpoint's
+    memory map, which they would otherwise keep resident whole: every page of it was read to
+    quantize the matrices."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
+
+
+def _return_freed_memory() -> None:
+    """Give the heap the float32 weights and the quantization's temporaries held back to the
+    system (glibc keeps freed memory of mid-sized blocks; without this a quantized model's
+    resident memory stays above float32's)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def use_cpu_kernels(
     model: nn.Module, bits: int | None = None, build: KernelBuild | None = None
 ) -> CpuKernels | None:
@@ -503,6 +539,10 @@ def use_cpu_kernels(
     for parent, name, child in swaps:
         shared = holders[id(child.weight)] > 1
         setattr(parent, name, KernelLinear.wrap(child, kernels, bits, bf16_prefill, shared))
+    if bits is not None:
+        _return_freed_memory()
+        _own_the_rest(model)
+        _return_freed_memory()
     AttentionInterface.register(ATTENTION_NAME, _kernel_attention(kernels))
     # Without a mask function of its own, transformers would hand this attention no mask at all,
     # and SDPA's top-left causal mask is wrong for a chunk that follows cached tokens.

@@ -27,6 +27,7 @@ from polycoder_ls.config import Settings
 from polycoder_ls.engine import cpu_kernels
 from polycoder_ls.engine.cpu_kernels import (
     BF16_MIN_ROWS,
+    QUANTIZED_BLOCK_ROWS,
     CpuKernels,
     KernelLinear,
     QuantizedWeight,
@@ -104,6 +105,15 @@ def test_quantized_weights_follow_q8_0s_and_q4_0s_rules(bits):
     assert (error <= scales.float().abs().repeat_interleave(32, dim=1) * steps).all()
     assert got.abs().max() == (127 if bits == 8 else 8)
     assert quantized.nbytes == 5 * 96 * bits // 8 + 5 * 3 * 2
+    tall = torch.randn(QUANTIZED_BLOCK_ROWS + 37, 64)  # quantized in two blocks of rows
+    tall_values, tall_scales = reference_quantized(tall, bits)
+    quantized_tall = QuantizedWeight.quantize(tall, bits)
+    assert torch.equal(quantized_tall.scales, tall_scales)
+    assert (quantized_tall.values().reshape(tall.shape) != tall_values).float().mean() < 0.01
+    own_values = quantized_tall.values().reshape(tall.shape).float()
+    unpacked = own_values * quantized_tall.scales.float().repeat_interleave(32, 1)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(quantized_tall.dequantize(dtype), unpacked.to(dtype))
     if bits == 4:  # value j + 8 in the low nibble of byte j, value j + 16 + 8 in its high one
         packed = quantized.stored[0, :16].int()
         assert torch.equal(packed & 15, values[0, :16].int() + 8)
