@@ -159,8 +159,7 @@ feeds prompts faster than float32 (BENCHMARKS.md)."""
 
 
 def pick_dtype(setting: str, device: str) -> torch.dtype:
-    """The torch dtype of the model's tensors (quantized weights keep float32 values beside
-    them)."""
+    """The torch dtype of the model's tensors (quantized weights are made from float32 ones)."""
     if setting not in {"auto", *QUANTIZED_BITS}:
         return DTYPES[setting]
     return torch.float32 if device == "cpu" else torch.float16
@@ -207,10 +206,11 @@ def load_model(settings: Settings) -> LoadedModel:
     kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
     if kernels is not None:
         token_step = NeoXTokenStep.for_model(model, kernels)
-    elif bits is not None and settings.dtype != "auto":
-        notices += (
-            f"dtype {settings.dtype} needs the CPU decode kernels (see the log): using float32",
-        )
+    elif bits is not None:
+        if settings.dtype != "auto":
+            notices += (
+                f"dtype {settings.dtype} needs the CPU decode kernels (see the log): using float32",
+            )
         bits = None
     return _loaded(
         settings.model,

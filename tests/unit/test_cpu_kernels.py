@@ -391,6 +391,22 @@ def test_a_failed_build_leaves_the_model_on_torch(tiny_model, tmp_path, monkeypa
     assert model.config._attn_implementation != cpu_kernels.ATTENTION_NAME
 
 
+def test_without_kernels_auto_serves_float32_and_only_an_asked_for_int8_says_so(
+    tiny_model, tmp_path, monkeypatch
+):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    auto = load_model(Settings(model=str(tiny_model)))
+    assert auto.dtype_name == "float32" and auto.notices == () and auto.kv_storage is None
+    asked = load_model(Settings(model=str(tiny_model), dtype="int4"))
+    assert asked.dtype_name == "float32"
+    assert asked.notices == (
+        "dtype int4 needs the CPU decode kernels (see the log): using float32",
+    )
+
+
 def test_the_kernel_cache_tells_compilers_apart_without_running_them(tmp_path):
     from polycoder_ls.engine.cpu_kernels import _compiler_identity
 
