@@ -2,7 +2,7 @@
 
 `polycoder-ls eval` scores whole windows, which a quantized model multiplies in bfloat16 (or
 float32) like a prompt; a suggestion's tokens go through the quantized kernels one at a time,
-with activations quantized too. This scores the first TOKENS tokens of FILES held-out files per
+with activations quantized too, on a float16 KV cache. This scores the first TOKENS tokens of FILES held-out files per
 language that way (a 32-token prompt, then one decode step per token) for each dtype, so the
 cost of the decode path is measured against float32's, on the same tokens:
 
@@ -31,12 +31,13 @@ DTYPES = ("float32", "int8", "int4")
 
 
 def decode_nll(loaded: LoadedModel, token_ids: list[int]) -> tuple[float, int]:
-    """(nats, tokens scored) of token_ids[PROMPT_TOKENS + 1:], each predicted by one decode
-    step after the ones before it."""
+    """(nats, tokens scored) of token_ids[PROMPT_TOKENS:], each predicted by one decode step
+    after the ones before it, on the cache the server would keep (float16 for quantized
+    weights)."""
     step = loaded.token_step
     assert step is not None, "the decode step needs the CPU kernels and a GPT-NeoX model"
     layers = loaded.model.config.num_hidden_layers
-    cache = preallocated_cache(layers, len(token_ids))
+    cache = preallocated_cache(layers, len(token_ids), loaded.kv_storage)
     nll = 0.0
     with torch.inference_mode():
         prompt = torch.tensor([token_ids[:PROMPT_TOKENS]])
