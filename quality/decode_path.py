@@ -2,9 +2,10 @@
 
 `polycoder-ls eval` scores whole windows, which a quantized model multiplies in bfloat16 (or
 float32) like a prompt; a suggestion's tokens go through the quantized kernels one at a time,
-with activations quantized too, on a float16 KV cache. This scores the first TOKENS tokens of FILES held-out files per
-language that way (a 32-token prompt, then one decode step per token) for each dtype, so the
-cost of the decode path is measured against float32's, on the same tokens:
+with activations quantized too, on a float16 KV cache. This scores the first TOKENS tokens of
+FILES held-out files per language that way (a 32-token prompt, then one decode step per token)
+for each dtype, so the cost of the decode path is measured against float32's, on the same
+tokens:
 
     python quality/decode_path.py --model nano --files 3 --tokens 384 .corpus/heldout \
         --json quality/decode-path-nano-v3.json
