@@ -160,7 +160,7 @@ feeds prompts faster than float32 (BENCHMARKS.md)."""
 
 def pick_dtype(setting: str, device: str) -> torch.dtype:
     """The torch dtype of the model's tensors (quantized weights are made from float32 ones)."""
-    if setting not in {"auto", *QUANTIZED_BITS}:
+    if setting not in QUANTIZED_BITS:
         return DTYPES[setting]
     return torch.float32 if device == "cpu" else torch.float16
 

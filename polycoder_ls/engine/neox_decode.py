@@ -69,6 +69,8 @@ class NeoXTokenStep:
         # The tensors stay referenced, so their pointers stay valid for the step's lifetime.
         self._weights = [[tensor(layer) for tensor in _LAYER_TENSORS] for layer in self.layers]
         self._weight_pointers = list(map(_layer_pointers, self._weights))
+        head = model.get_output_embeddings()
+        self._head = (getattr(head, "decode_weight", head.weight), head.bias)
         attention = self.layers[0].attention
         self.shape = dict(
             layers=len(self.layers),
@@ -86,9 +88,8 @@ class NeoXTokenStep:
 
     def _bits(self) -> int:
         """The quantized matrices' bits (they all have the same), 0 if all are float32."""
-        head = getattr(self.model.get_output_embeddings(), "decode_weight", None)
         matrices = [weights[index] for weights in self._weights for index in _MATRICES]
-        return max(map(weight_bits, [*matrices, head if head is not None else matrices[0]]))
+        return max(map(weight_bits, [*matrices, self._head[0]]))
 
     @classmethod
     def for_model(cls, model: Any, kernels: CpuKernels) -> NeoXTokenStep | None:
@@ -115,10 +116,10 @@ class NeoXTokenStep:
             if isinstance(layer, PreallocatedLayer) and layer.is_initialized
         ]
         stored = {(layer.length, layer.sequences, layer.stored_dtype) for layer in layers}
-        first = (layers[0].length, 1) if layers else (0, 1)
-        return len(layers) == len(cache.layers) == len(self.layers) and stored in (
-            {(*first, torch.float32)},
-            {(*first, torch.float16)},
+        return (
+            len(layers) == len(cache.layers) == len(self.layers)
+            and len(stored) == 1
+            and stored.pop()[1:] in {(1, torch.float32), (1, torch.float16)}
         )
 
     def __call__(self, tokens: int | list[int], cache: DynamicCache) -> torch.Tensor:
@@ -137,7 +138,7 @@ class NeoXTokenStep:
             pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
             head_strides.append(keys.stride(0))
         kv_half = int(keys.dtype == torch.float16)
-        final_norm, head = self.model.gpt_neox.final_layer_norm, self.model.get_output_embeddings()
+        final_norm = self.model.gpt_neox.final_layer_norm
         logits = self.kernels.neox_step(
             NeoXShape(**self.shape, position=position, kv_half=kv_half),
             embeddings,
@@ -145,6 +146,6 @@ class NeoXTokenStep:
             head_strides,
             (cos.reshape(len(ids), -1).contiguous(), sin.reshape(len(ids), -1).contiguous()),
             (final_norm.weight, final_norm.bias),
-            (getattr(head, "decode_weight", head.weight), head.bias),
+            self._head,
         )
         return logits[0] if isinstance(tokens, int) else logits
