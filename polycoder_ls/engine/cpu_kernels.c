@@ -100,50 +100,147 @@ static void quantize_row(const float *x, struct quantized_rows rows, int64_t fir
     }
 }
 
-/* One group's exact integer sums of products (8 lanes) of quantized weights q with activations
- * x; for 4-bit weights (stored + 8), `offset` gains what the + 8 added, times the scales. */
-static inline __m256i group_sums(const uint8_t *q, int bits, __m256i x, float weight_scale,
-                                 float activation_offset, float *offset) {
-    if (bits == 4) {
-        *offset += weight_scale * activation_offset;
-        return dot_unsigned(nibbles32(q), x);
+/* A matrix: float32 (bits 0, no scales) or quantized (bits 8 or 4). */
+struct matrix {
+    const void *weight;
+    const uint16_t *scales;
+    int bits;
+};
+
+/* How far ahead of a stream of weights the products ask for memory. */
+enum { PREFETCH_AHEAD = 2048 };
+
+/* With AVX512-VNNI, int8 weights multiply activations + 128 (unsigned, as the instruction
+ * takes them) in accumulators that start at -128 * the weights' sums: no sign juggling per
+ * product, and the same exact integer sums. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define UNSIGNED_ACTIVATIONS 1
+#else
+#define UNSIGNED_ACTIVATIONS 0
+#endif
+
+/* Rows of weights and of activations multiplied together in registers: each group of weights
+ * loaded (and for int8 made unsigned) once for TILE_TOKENS tokens, each group of activations
+ * once for TILE_ROWS rows. AVX-512's 32 vector registers hold a larger tile than AVX2's 16. */
+#ifdef __AVX512VL__
+enum { TILE_ROWS = 4, TILE_TOKENS = 3 };
+#else
+enum { TILE_ROWS = 2, TILE_TOKENS = 3 };
+#endif
+
+/* out[r][t] = the dot products of `rows` consecutive rows of quantized m, from `row` on (each
+ * `groups` groups long), with activations quantized from token `token` on of `a`, for `tokens`
+ * tokens: per group the exact integer sum of the 32 products times both scales. For 4-bit
+ * weights (stored + 8), without what the + 8 added (offset_correction). `rows` and `tokens` are
+ * constants where it is inlined, so the tile's accumulators stay in registers. */
+static inline __attribute__((always_inline)) void quantized_tile(
+    struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
+    int64_t groups, float out[TILE_ROWS][TILE_TOKENS]) {
+    const int64_t step = group_bytes(m.bits), row_bytes = groups * step;
+    const uint8_t *weights = (const uint8_t *)m.weight + row * row_bytes;
+    const uint16_t *scales = m.scales + row * groups;
+    __m256 acc[TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < rows; r++) {
+        for (int t = 0; t < tokens; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+        }
     }
-    const __m256i w = _mm256_loadu_si256((const __m256i *)q);
-    return dot_unsigned(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    for (int64_t group = 0; group < groups; group++) {
+        __m256i unsigned_weights[TILE_ROWS], signs[TILE_ROWS], starts[TILE_ROWS];
+        __m256 weight_scales[TILE_ROWS];
+        for (int r = 0; r < rows; r++) {
+            /* The tile's rows are one block of memory read as `rows` short streams, which the
+             * hardware prefetchers miss: fetch the block ahead as one stream. */
+            _mm_prefetch((const char *)weights + PREFETCH_AHEAD + (group * rows + r) * step,
+                         _MM_HINT_T0);
+            const uint8_t *q = weights + r * row_bytes + group * step;
+            if (m.bits == 4) {
+                unsigned_weights[r] = nibbles32(q);
+            } else {
+                signs[r] = _mm256_loadu_si256((const __m256i *)q);
+#if UNSIGNED_ACTIVATIONS
+                starts[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                             dot_unsigned(_mm256_set1_epi8(-128), signs[r]));
+#else
+                unsigned_weights[r] = _mm256_sign_epi8(signs[r], signs[r]);
+#endif
+            }
+            weight_scales[r] = _mm256_set1_ps(_cvtsh_ss(scales[r * groups + group]));
+        }
+        for (int t = 0; t < tokens; t++) {
+            const int64_t at = (token + t) * groups + group;
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(a.values + at * GROUP));
+            const __m256 activation_scale = _mm256_set1_ps(a.scales[at]);
+#if UNSIGNED_ACTIVATIONS
+            const __m256i x_unsigned = _mm256_xor_si256(x, _mm256_set1_epi8(-128));
+#endif
+            for (int r = 0; r < rows; r++) {
+                __m256i sums;
+                if (m.bits == 4) {
+                    sums = dot_unsigned(unsigned_weights[r], x);
+                } else {
+#if UNSIGNED_ACTIVATIONS
+                    sums = _mm256_dpbusd_epi32(starts[r], x_unsigned, signs[r]);
+#else
+                    sums = dot_unsigned(unsigned_weights[r], _mm256_sign_epi8(x, signs[r]));
+#endif
+                }
+                const __m256 both = _mm256_mul_ps(weight_scales[r], activation_scale);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), both, acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        for (int t = 0; t < tokens; t++) {
+            out[r][t] = sum8(acc[r][t]);
+        }
+    }
 }
 
-/* acc + one group's dot product of quantized weights q with activations quantized from group
- * `group` on of `a`: the exact integer sum of the 32 products times both scales. */
-static inline __m256 add_group(__m256 acc, const uint8_t *q, int bits, uint16_t scale,
-                               struct quantized_rows a, int64_t group, float *offset) {
-    const __m256i x = _mm256_loadu_si256((const __m256i *)(a.values + group * GROUP));
-    const float weight_scale = _cvtsh_ss(scale);
-    const __m256i sums = group_sums(q, bits, x, weight_scale, a.offsets[group], offset);
-    const __m256 both = _mm256_set1_ps(weight_scale * a.scales[group]);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), both, acc);
+/* quantized_tile for `rows` rows (a constant where inlined), 1 .. TILE_TOKENS tokens and the
+ * matrix's bits, each combination compiled on its own. */
+static inline __attribute__((always_inline)) void quantized_tile_rows(
+    struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
+    int64_t groups, float out[TILE_ROWS][TILE_TOKENS]) {
+    struct matrix int4 = m, int8 = m;
+    int4.bits = 4;
+    int8.bits = 8;
+    switch (tokens + TILE_TOKENS * (m.bits == 4)) {
+    case 1 + TILE_TOKENS:
+        quantized_tile(int4, row, rows, a, token, 1, groups, out);
+        break;
+    case 2 + TILE_TOKENS:
+        quantized_tile(int4, row, rows, a, token, 2, groups, out);
+        break;
+    case 3 + TILE_TOKENS:
+        quantized_tile(int4, row, rows, a, token, 3, groups, out);
+        break;
+    case 1:
+        quantized_tile(int8, row, rows, a, token, 1, groups, out);
+        break;
+    case 2:
+        quantized_tile(int8, row, rows, a, token, 2, groups, out);
+        break;
+    default:
+        quantized_tile(int8, row, rows, a, token, 3, groups, out);
+    }
 }
 
-/* The dot product of a row of n quantized weights (n a multiple of GROUP) with activations
- * quantized from group `first` on of `a`. Two groups at a time, in two accumulators, so that
- * consecutive groups do not wait for each other's additions. */
-static inline float dot_quantized(const void *q, int bits, const uint16_t *scales,
-                                  struct quantized_rows a, int64_t first, int64_t n) {
-    const uint8_t *bytes = q;
-    const int64_t groups = n / GROUP, step = group_bytes(bits);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float offset0 = 0.0f, offset1 = 0.0f;
+/* What 4-bit weights' + 8 added to a row's dot product with a token's activations: the sum
+ * over groups of the weight scale times 8 * the activations' sum * their scale. */
+static float offset_correction(const uint16_t *scales, const float *offsets, int64_t groups) {
+    __m256 acc = _mm256_setzero_ps();
     int64_t group = 0;
-    for (; group + 2 <= groups; group += 2) {
-        acc0 = add_group(acc0, bytes + group * step, bits, scales[group], a, first + group,
-                         &offset0);
-        acc1 = add_group(acc1, bytes + (group + 1) * step, bits, scales[group + 1], a,
-                         first + group + 1, &offset1);
+    for (; group + 8 <= groups; group += 8) {
+        const __m256 weight_scales =
+            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + group)));
+        acc = _mm256_fmadd_ps(weight_scales, _mm256_loadu_ps(offsets + group), acc);
     }
-    if (group < groups) {
-        acc0 = add_group(acc0, bytes + group * step, bits, scales[group], a, first + group,
-                         &offset0);
+    float total = sum8(acc);
+    for (; group < groups; group++) {
+        total += _cvtsh_ss(scales[group]) * offsets[group];
     }
-    return sum8(_mm256_add_ps(acc0, acc1)) - offset0 - offset1;
+    return total;
 }
 
 /* What a row of a matrix-vector product does with its value. */
@@ -153,43 +250,80 @@ static inline float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-/* A matrix: float32 (bits 0, no scales) or quantized (bits 8 or 4). */
-struct matrix {
-    const void *weight;
-    const uint16_t *scales;
-    int bits;
-};
+/* The value of one output of a product: bias added, GELU applied, stored or added. */
+static inline void emit(float value, const float *bias, int64_t row, float *out,
+                        enum row_output output) {
+    value += bias ? bias[row] : 0.0f;
+    if (output == STORE_GELU) {
+        value = gelu(value);
+    }
+    *out = output == ADD ? *out + value : value;
+}
+
+/* Rows row .. row + rows - 1 (rows <= TILE_ROWS) of a quantized product, for every token. */
+static void quantized_product_rows(struct matrix m, int64_t row, int rows,
+                                   struct quantized_rows a, int64_t groups, const float *bias,
+                                   float *y, int64_t out_features, int64_t tokens,
+                                   enum row_output output) {
+    float out[TILE_ROWS][TILE_TOKENS];
+    for (int64_t token = 0; token < tokens; token += TILE_TOKENS) {
+        const int chunk = tokens - token < TILE_TOKENS ? (int)(tokens - token) : TILE_TOKENS;
+        if (rows == TILE_ROWS) {
+            quantized_tile_rows(m, row, TILE_ROWS, a, token, chunk, groups, out);
+        } else {
+            for (int r = 0; r < rows; r++) {
+                float one[TILE_ROWS][TILE_TOKENS];
+                quantized_tile_rows(m, row + r, 1, a, token, chunk, groups, one);
+                for (int t = 0; t < chunk; t++) {
+                    out[r][t] = one[0][t];
+                }
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            for (int t = 0; t < chunk; t++) {
+                float value = out[r][t];
+                if (m.bits == 4) {
+                    value -= offset_correction(m.scales + (row + r) * groups,
+                                               a.offsets + (token + t) * groups, groups);
+                }
+                emit(value, bias, row + r, y + (token + t) * out_features + row + r, output);
+            }
+        }
+    }
+}
 
 /* y[t] = m.weight[out_features, in_features] @ x[t] + bias (bias may be NULL) for each of
  * `tokens` rows of x ([tokens, in_features]) and y ([tokens, out_features]); the weight's rows
  * are shared among the threads of the enclosing parallel region, each read from memory once.
  * STORE_GELU applies the exact GELU, ADD adds to y. A quantized matrix has in_features / GROUP
  * scales a row and multiplies x quantized into `shared` (room for tokens * in_features values,
- * shared by the threads; quantize_row). */
+ * shared by the threads; quantize_row), TILE_ROWS rows at a time. */
 static void gemm_rows(struct matrix m, const float *x, const float *bias, float *y,
                       int64_t out_features, int64_t in_features, int64_t tokens,
                       enum row_output output, struct quantized_rows shared) {
-    const int64_t groups = in_features / GROUP;
-    const int64_t row_bytes = m.bits ? in_features * m.bits / 8 : in_features * 4;
     if (m.bits) {
+        const int64_t groups = in_features / GROUP;
 #pragma omp single
         for (int64_t t = 0; t < tokens; t++) {
             quantize_row(x + t * in_features, shared, t * groups, in_features);
         }
+        const int64_t tiles = (out_features + TILE_ROWS - 1) / TILE_ROWS;
+#pragma omp for schedule(static)
+        for (int64_t tile = 0; tile < tiles; tile++) {
+            const int64_t row = tile * TILE_ROWS;
+            const int rows = out_features - row < TILE_ROWS ? (int)(out_features - row)
+                                                            : TILE_ROWS;
+            quantized_product_rows(m, row, rows, shared, groups, bias, y, out_features, tokens,
+                                   output);
+        }
+        return;
     }
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < out_features; row++) {
-        const void *stored = (const uint8_t *)m.weight + row * row_bytes;
+        const float *stored = (const float *)m.weight + row * in_features;
         for (int64_t t = 0; t < tokens; t++) {
-            float value = m.bits ? dot_quantized(stored, m.bits, m.scales + row * groups, shared,
-                                                 t * groups, in_features)
-                                 : dot(stored, x + t * in_features, in_features);
-            value += bias ? bias[row] : 0.0f;
-            if (output == STORE_GELU) {
-                value = gelu(value);
-            }
-            float *out = y + t * out_features + row;
-            *out = output == ADD ? *out + value : value;
+            emit(dot(stored, x + t * in_features, in_features), bias, row,
+                 y + t * out_features + row, output);
         }
     }
 }

@@ -323,6 +323,26 @@ def test_the_step_feeds_several_tokens_as_transformers_feeds_them(bits, build):
         _assert_close(ours.values, theirs.values, bits)
 
 
+@pytest.mark.parametrize("bits", [None, 8, 4])
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_several_tokens_in_one_step_get_the_logits_of_one_step_each_bit_for_bit(bits, build):
+    """What keeps speculation's greedy text that of plain greedy decoding: verifying drafts k
+    at a time computes each token's logits exactly as a step of its own would."""
+    fast, kernels = _on_the_kernels(_neox(True, 0.25), bits, build)
+    step = NeoXTokenStep.for_model(fast, kernels)
+    assert step is not None
+    prompt = [1 + (i * 13) % 290 for i in range(40)]
+    chunks = ([7, 9, 250, 3, 5, 6, 8, 10, 11, 12, 13], [2, 4], [20, 21, 22, 23, 24])
+    tokens = [token for chunk in chunks for token in chunk]
+    together_cache, alone_cache = (_caches(fast, bits, len(prompt))[1] for _ in range(2))
+    with torch.inference_mode():
+        for cache in (together_cache, alone_cache):
+            fast(input_ids=torch.tensor([prompt]), cache=cache)
+        together = torch.cat([step(chunk, together_cache) for chunk in chunks])
+        alone = torch.stack([step(token, alone_cache) for token in tokens])
+    assert torch.equal(together, alone)
+
+
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
     kernels = CpuKernels.load()
     other_activation = _neox(False, 1.0, hidden_act="relu")
