@@ -263,6 +263,16 @@ class Settings:
             _bool,
         ),
     )
+    anticipate: bool = field(
+        default=True,
+        metadata=_doc(
+            "When an edit arrives, start the suggestion for the cursor after it at once, before "
+            "the editor's request (which editors send after a pause of their own) asks for it; "
+            "the request then takes over the running generation. Any other request or edit "
+            "stops it. In-process models only.",
+            _bool,
+        ),
+    )
     warm_start: bool = field(
         default=True,
         metadata=_doc(

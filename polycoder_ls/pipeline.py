@@ -77,9 +77,12 @@ class Jobs:
         self._running: dict[str, Job] = {}
         self._numbers = itertools.count(1)
 
-    def start(self, uri: str, version: int) -> Job:
+    def start(self, uri: str, version: int, cancel: CancelSignal | None = None) -> Job:
+        """The document's new job (its earlier one cancelled); with `cancel`, the signal of a
+        generation it takes over."""
         self.cancel(uri)
-        job = self._running[uri] = Job(uri, version, next(self._numbers))
+        job = Job(uri, version, next(self._numbers), cancel or CancelSignal())
+        self._running[uri] = job
         return job
 
     def cancel(self, uri: str) -> None:
@@ -102,13 +105,26 @@ class Jobs:
         return len(self._running)
 
 
+@dataclass(frozen=True)
+class Anticipation:
+    """A generation an edit started for the cursor after it, before any request."""
+
+    job: Job
+    cursor: Cursor
+    outcome: asyncio.Future[CompletionOutcome]
+    cache: CompletionCache
+    """The cache of the settings and model it runs under."""
+
+
 class Background:
-    """The one piece of work done before it is asked for: a prefetch or a warm start. Every
-    request, edit, open, close or model load stops it first, so it never delays what a user
-    waits for by more than one decode step."""
+    """The one piece of work done before it is asked for: an anticipation, a prefetch or a
+    warm start. Every request, edit, open, close or model load stops it first (a request for
+    an anticipation's own cursor takes it over instead), so it never delays what a user waits
+    for by more than one decode step."""
 
     def __init__(self) -> None:
         self._job: Job | None = None
+        self._anticipation: Anticipation | None = None
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -117,10 +133,26 @@ class Background:
         self._job = Job(uri, version, next(self._numbers))
         return self._job
 
+    def anticipating(self, anticipation: Anticipation) -> None:
+        """The running job (`anticipation.job`) is an anticipation."""
+        self._anticipation = anticipation
+
+    def take_over(self, uri: str, cursor: Cursor) -> Anticipation | None:
+        """The running anticipation, if it is for this document and cursor (the text around
+        it included): it is no longer the background's to stop."""
+        anticipation = self._anticipation
+        if anticipation is None or anticipation.job is not self._job:
+            return None
+        if (anticipation.job.uri, anticipation.cursor) != (uri, cursor):
+            return None
+        self._job = self._anticipation = None
+        return anticipation
+
     def cancel(self) -> None:
         if self._job is not None:
             self._job.cancel.set()
             self._job = None
+        self._anticipation = None
 
     def run(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` on the event loop; its task is kept until it ends."""
@@ -200,7 +232,8 @@ class CompletionPipeline:
     ) -> bool:
         """Apply edits in order (positions out of range are clamped); False: not open. With
         `settings` whose `warmStart` is on, an edit more than JUMP_LINES lines from the last
-        edit or request (the cursor jumped) warms the prompt for a cursor after it."""
+        edit or request (the cursor jumped) warms the prompt for a cursor after it; with
+        `anticipate` on, a nearer one starts the suggestion for a cursor after it."""
         document = self.documents.get(uri)
         if document is None:
             return False
@@ -226,6 +259,8 @@ class CompletionPipeline:
             self._cursor_lines[uri] = line
             if jumped:
                 self._warm(document, offset, settings, folders)
+            else:
+                self._anticipate(document, offset, settings, folders)
         return True
 
     def close(self, uri: str) -> None:
@@ -277,24 +312,28 @@ class CompletionPipeline:
         files' snippets come only from the folder of `uri`)."""
         started = time.perf_counter()
         self.metrics.totals.requests += 1
-        self.background.cancel()
         document = self.documents.get(uri)
         if document is None:
+            self.background.cancel()
             log.warning("completion requested for a document that is not open: %s", uri)
             return None
         self._cursor_lines[uri] = position[0]
-        job = self.jobs.start(uri, document.version)
+        stale = version is not None and version != document.version
+        offset = document.offset_at(*position, encoding)
+        cursor = self._with_snippets(
+            cursor_at(document, offset), document, position[0], settings, folders
+        )
+        anticipated = None if stale else self.background.take_over(uri, cursor)
+        self.background.cancel()
+        taken_over = None if anticipated is None else anticipated.job.cancel
+        job = self.jobs.start(uri, document.version, taken_over)
         try:
-            if version is not None and version != document.version:
+            if stale:
                 log.debug("request for %s v%d arrived before an edit: dropped", uri, version)
                 return None
             if document.language_id in settings.disabled_languages:
                 return None
-            offset = document.offset_at(*position, encoding)
-            cursor = self._with_snippets(
-                cursor_at(document, offset), document, position[0], settings, folders
-            )
-            suggestion = await self._suggestion(job, cursor, settings, started)
+            suggestion = await self._suggestion(job, cursor, settings, started, anticipated)
             if job.cancelled:  # an edit, a newer request, close or a model load ended it
                 log.debug("request %d (%s v%d) was cancelled", job.number, uri, job.version)
                 return None
@@ -321,6 +360,33 @@ class CompletionPipeline:
         accepted = Document(document.uri, document.language_id, document.version, document.text)
         accepted.replace(offset, offset + shown.replaced_chars, shown.text)
         self._in_background(self._fill_cache, accepted, offset + len(shown.text), settings, folders)
+
+    def _anticipate(
+        self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
+    ) -> None:
+        """Start the suggestion for a cursor at `offset`, for a request to take over."""
+        if not (
+            settings.anticipate
+            and self.engine.status.backend == "local"
+            and self.engine.status.state == "ready"
+            and document.language_id not in settings.disabled_languages
+        ):
+            return
+        line = document.position_at(offset, UTF8)[0]
+        cursor = self._with_snippets(cursor_at(document, offset), document, line, settings, folders)
+        if self.cache.lookup(document.uri, cursor)[0]:
+            return
+        job = self.background.start(document.uri, document.version)
+        outcome = asyncio.wrap_future(self.engine.complete(job.uri, cursor, settings, job.cancel))
+        anticipation = Anticipation(job, cursor, outcome, self.cache)
+        self.background.anticipating(anticipation)
+        self.background.run(self._keep(anticipation))
+
+    async def _keep(self, anticipation: Anticipation) -> None:
+        """Cache an anticipation's suggestion, unless it was stopped."""
+        outcome = await asyncio.shield(anticipation.outcome)
+        if not (outcome.stats.cancelled or anticipation.job.cancelled):
+            anticipation.cache.store(anticipation.job.uri, anticipation.cursor, outcome.suggestion)
 
     def _warm(
         self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
@@ -376,18 +442,29 @@ class CompletionPipeline:
         return dataclasses.replace(cursor, snippets=snippets)
 
     async def _suggestion(
-        self, job: Job, cursor: Cursor, settings: Settings, started: float
+        self,
+        job: Job,
+        cursor: Cursor,
+        settings: Settings,
+        started: float,
+        anticipated: Anticipation | None,
     ) -> Suggestion | None:
         hit, suggestion = self.cache.lookup(job.uri, cursor)
         if hit:
             self.metrics.record(LastRequest(cache_hit=True, latency_ms=_ms_since(started)))
             return suggestion
-        if not await self._model_ready() or job.cancelled:
+        if anticipated is not None:
+            self.metrics.totals.anticipated += 1
+            cache, running = anticipated.cache, asyncio.shield(anticipated.outcome)
+        elif not await self._model_ready() or job.cancelled:
             return None
-        cache = self.cache
-        future = self.engine.complete(job.uri, cursor, settings, job.cancel)
+        else:
+            cache = self.cache
+            running = asyncio.wrap_future(
+                self.engine.complete(job.uri, cursor, settings, job.cancel)
+            )
         try:
-            outcome = await asyncio.wrap_future(future)
+            outcome = await running
         except asyncio.CancelledError:  # $/cancelRequest
             self.jobs.cancel_job(job)
             self.metrics.record(LastRequest(cancelled=True, latency_ms=_ms_since(started)))

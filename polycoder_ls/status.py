@@ -50,6 +50,8 @@ class Totals:
     """Suggestions computed while the one before them was shown, ready when it is accepted."""
     warm_starts: int = 0
     """Prompts fed in the background after an open or a cursor jump, before any request."""
+    anticipated: int = 0
+    """Requests answered by the generation an edit started before they arrived."""
 
 
 @dataclass

@@ -46,3 +46,24 @@ async def test_an_opened_document_is_fed_to_the_model_before_it_is_asked(editor,
     assert await editor.texts(COLD, *end_of(LONG_TEXT)) == warm
     last = (await editor.status())["last"]
     assert last["reusedTokens"] == 0 and (await editor.status())["totals"]["warmStarts"] == 1
+
+
+async def test_a_typed_edit_starts_the_suggestion_that_its_request_takes_over(
+    editor, slow_model
+):
+    settings = {"model": str(slow_model), "maxNewTokens": 12, "cache": {"size": 0}}
+    await editor.start({**settings, "prefetch": False, "warmStart": False})
+    editor.open(URI, LONG_TEXT)
+    typed = LONG_TEXT + "h"
+    # The slow model's prefill of the ~1000-token prompt outlasts the request's way here.
+    editor.edit(URI, end_of(LONG_TEXT), end_of(LONG_TEXT), "h")
+    anticipated = await editor.texts(URI, *end_of(typed))
+    assert anticipated and anticipated[0]
+    status = await editor.status()
+    assert status["totals"]["anticipated"] == 1 and status["totals"]["requests"] == 1
+    assert status["last"]["promptTokens"] > 512 and status["last"]["cacheHit"] is False
+    editor.configure({**settings, "anticipate": False})
+    await editor.wait_for_state("ready")
+    editor.edit(URI, end_of(LONG_TEXT), end_of(typed), "h")  # the same text, a new version
+    assert await editor.texts(URI, *end_of(typed)) == anticipated
+    assert (await editor.status())["totals"]["anticipated"] == 1

@@ -15,6 +15,7 @@ DESIGN_DEFAULTS = {
     "topP": 0.95,
     "draftTokens": 0,  # issue 16
     "prefetch": True,  # issue 16
+    "anticipate": True,  # issue 16
     "warmStart": True,  # issue 16
     "multiline": "auto",
     "stop": [],

@@ -229,7 +229,8 @@ async def test_a_request_read_before_an_edit_it_had_not_seen_runs_no_model(pipel
 
 # Work done before it is asked for -----------------------------------------------------------
 
-BACKGROUND = Settings(prefetch=True, warm_start=True)
+BACKGROUND = Settings(prefetch=True, warm_start=True, anticipate=False)
+ANTICIPATING = Settings(prefetch=False, anticipate=True)
 
 
 async def until(condition) -> None:
@@ -357,3 +358,92 @@ async def test_a_shared_server_is_not_asked_for_guesses(pipeline, engine):
     assert (await task).suggestion.text == "price"
     await asyncio.wait_for(pipeline.background.idle(), 10)
     assert len(engine.calls) == 1
+
+
+def typed(pipeline, version, position, text, settings=ANTICIPATING) -> None:
+    pipeline.change(URI, version, [Change(text, (position, position))], UTF16, settings)
+
+
+async def test_a_typed_edit_starts_the_suggestion_its_request_then_takes_over(pipeline, engine):
+    pipeline.open(URI, "python", 1, "total = \nprint(total)\n")
+    typed(pipeline, 2, (0, 8), "p")
+    assert len(engine.calls) == 1, "the edit started a generation before any request"
+    anticipated = engine.calls[0]
+    assert anticipated.cursor.prefix == "total = p"
+    assert anticipated.cursor.line_suffix == ""
+    request = asyncio.ensure_future(pipeline.complete(URI, (0, 9), UTF16, ANTICIPATING, 2))
+    await until(lambda: pipeline.metrics.totals.anticipated == 1)
+    assert not anticipated.cancel.is_set()
+    anticipated.answer("rice * count")
+    completion = await asyncio.wait_for(request, 10)
+    assert completion.suggestion.text == "rice * count" and completion.start == (0, 9)
+    assert len(engine.calls) == 1
+    assert pipeline.metrics.last.generated_tokens == 3
+
+
+async def test_an_anticipated_suggestion_finished_before_the_request_is_cached(pipeline, engine):
+    pipeline.open(URI, "python", 1, "x = \n")
+    typed(pipeline, 2, (0, 4), "4")
+    engine.calls[0].answer("2")
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    completion = await pipeline.complete(URI, (0, 5), UTF16, ANTICIPATING, 2)
+    assert completion.suggestion.text == "2" and pipeline.metrics.last.cache_hit
+    assert len(engine.calls) == 1
+
+
+@pytest.mark.parametrize("interruption", ["request elsewhere", "edit", "close", "stale request"])
+async def test_what_is_not_the_anticipated_request_stops_the_anticipation(
+    pipeline, engine, interruption
+):
+    pipeline.open(URI, "python", 1, "x = \ny = \n")
+    typed(pipeline, 2, (0, 4), "1")
+    anticipated = engine.calls[0]
+    if interruption == "request elsewhere":
+        request = await started(pipeline, (1, 4), ANTICIPATING)
+        engine.calls[1].answer("2")
+        assert (await request).suggestion.text == "2"
+    elif interruption == "edit":
+        typed(pipeline, 3, (1, 4), "2")
+        assert engine.calls[1].cursor.prefix == "x = 1\ny = 2"
+        engine.calls[1].answer(None)
+    elif interruption == "close":
+        pipeline.close(URI)
+    else:  # a request for the text before the edit
+        assert await pipeline.complete(URI, (0, 5), UTF16, ANTICIPATING, 1) is None
+    assert anticipated.cancel.is_set()
+    anticipated.answer("0")  # an engine that finishes in spite of the cancel
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.anticipated == 0
+    assert pipeline.cache.lookup(URI, anticipated.cursor) == (False, None)
+
+
+async def test_cancelling_the_request_that_took_over_stops_the_generation(pipeline, engine):
+    pipeline.open(URI, "python", 1, "x = \n")
+    typed(pipeline, 2, (0, 4), "1")
+    request = asyncio.ensure_future(pipeline.complete(URI, (0, 5), UTF16, ANTICIPATING, 2))
+    await until(lambda: pipeline.metrics.totals.anticipated == 1)
+    request.cancel()  # $/cancelRequest
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert engine.calls[0].cancel.is_set()
+
+
+@pytest.mark.parametrize("why", ["off", "shared server", "loading", "far edit", "no settings"])
+async def test_no_anticipation_where_it_does_not_belong(pipeline, engine, why):
+    pipeline.open(URI, "python", 1, "x = \n" * 20)
+    await answered(pipeline, (0, 4), None)
+    settings, line = ANTICIPATING, 0
+    if why == "off":
+        settings = Settings(prefetch=False, anticipate=False)
+    elif why == "shared server":
+        engine.status = EngineStatus("ready", "fake", backend="remote")
+    elif why == "loading":
+        engine.status = EngineStatus("loading", "fake")
+    elif why == "far edit":  # a cursor jump: warm start's work
+        settings, line = Settings(prefetch=False, anticipate=True, warm_start=False), 10
+    if why == "no settings":
+        type_text(pipeline, 2, (line, 4), "1")
+    else:
+        typed(pipeline, 2, (line, 4), "1", settings)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert len(engine.calls) == 1 and pipeline.metrics.totals.anticipated == 0
