@@ -146,7 +146,10 @@ static inline __attribute__((always_inline)) void quantized_tile(
         }
     }
     for (int64_t group = 0; group < groups; group++) {
-        __m256i unsigned_weights[TILE_ROWS], signs[TILE_ROWS], starts[TILE_ROWS];
+        __m256i unsigned_weights[TILE_ROWS], signs[TILE_ROWS];
+#if UNSIGNED_ACTIVATIONS
+        __m256i starts[TILE_ROWS];
+#endif
         __m256 weight_scales[TILE_ROWS];
         for (int r = 0; r < rows; r++) {
             /* The tile's rows are one block of memory read as `rows` short streams, which the
@@ -243,21 +246,42 @@ static float offset_correction(const uint16_t *scales, const float *offsets, int
     return total;
 }
 
-/* What a row of a matrix-vector product does with its value. */
-enum row_output { STORE, STORE_GELU, ADD };
+/* What a row of a matrix-vector product does with its value: store it, through the exact or
+ * the tanh GELU, add it, or (GATED) multiply it by silu of what is there. */
+enum row_output { STORE, STORE_GELU, STORE_GELU_TANH, ADD, GATED };
 
 static inline float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-/* The value of one output of a product: bias added, GELU applied, stored or added. */
+static inline float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+static inline float silu(float x) {
+    return x / (1.0f + expf(-x));
+}
+
+/* The value of one output of a product: bias added, then as `output` says. */
 static inline void emit(float value, const float *bias, int64_t row, float *out,
                         enum row_output output) {
     value += bias ? bias[row] : 0.0f;
-    if (output == STORE_GELU) {
-        value = gelu(value);
+    switch (output) {
+    case STORE_GELU:
+        *out = gelu(value);
+        break;
+    case STORE_GELU_TANH:
+        *out = gelu_tanh(value);
+        break;
+    case ADD:
+        *out += value;
+        break;
+    case GATED:
+        *out = silu(*out) * value;
+        break;
+    default:
+        *out = value;
     }
-    *out = output == ADD ? *out + value : value;
 }
 
 /* Rows row .. row + rows - 1 (rows <= TILE_ROWS) of a quantized product, for every token. */
@@ -500,16 +524,10 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_
     }
 }
 
-/* One new token's query and key for one head get the rotary embedding in qkv ([query | key |
- * value], dim floats each); its key and value are written at row `position` of the head's
- * cache rows (float16 ones if `half`). */
-static void neox_cache_token(float *qkv, const float *cos, const float *sin, int64_t rotary_dim,
-                             void *key_rows, void *value_rows, int64_t position, int64_t dim,
-                             int half) {
-    float *q = qkv, *k = qkv + dim;
-    const float *v = k + dim;
-    rotate(q, cos, sin, rotary_dim);
-    rotate(k, cos, sin, rotary_dim);
+/* A token's key and value of one head written at row `position` of the head's cache rows
+ * (float16 ones if `half`). */
+static void cache_row(const float *k, const float *v, void *key_rows, void *value_rows,
+                      int64_t position, int64_t dim, int half) {
     for (int64_t i = 0; i < dim; i++) {
         store1(key_rows, position * dim + i, k[i], half);
         store1(value_rows, position * dim + i, v[i], half);
@@ -532,24 +550,47 @@ static void layer_norm(const float *x, const float *weight, const float *bias, f
     }
 }
 
+/* Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight. */
+static void rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps) {
+    double squares = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        squares += (double)x[i] * x[i];
+    }
+    float inverse = 1.0f / sqrtf((float)(squares / n) + eps);
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = x[i] * inverse * weight[i];
+    }
+}
+
 static void add(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         x[i] += y[i];
     }
 }
 
-/* The shape of a GPT-NeoX model and of one step; mirrored by NeoXShape in cpu_kernels.py. */
-struct neox_shape {
-    int64_t layers, hidden, heads, head_dim, intermediate, rotary_dim, vocab, position;
+/* The normalization before attention, before the MLP and before the LM head. */
+enum norm { LAYER_NORM, RMS_NORM };
+
+/* The MLP: act(fc_in x) through fc_out, or (SILU_GATED) silu(gate x) * (fc_in x) through it. */
+enum activation { GELU_EXACT, GELU_TANH, SILU_GATED };
+
+/* The shape of a decoder model and of one step; mirrored by DecoderShape in cpu_kernels.py.
+ * kv_heads divides heads (grouped-query attention); fused_qkv: one matrix whose output holds,
+ * per head, its query, key and value (GPT-NeoX), else three matrices (Llama's q, k and v). */
+struct decoder_shape {
+    int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, rotary_dim, vocab, position;
     float eps, scale;
-    int64_t parallel_residual, bits, kv_half;
+    int64_t parallel_residual, bits, kv_half, norm, activation, fused_qkv;
 };
 
-/* Each layer's pointers, in this order, in `layer_pointers`. */
+/* Each layer's pointers, in this order, in `layer_pointers` (the fused query-key-value matrix
+ * in QUERY_*; GATE_* only with SILU_GATED). */
 enum layer_pointer {
-    INPUT_NORM_WEIGHT, INPUT_NORM_BIAS, QKV_WEIGHT, QKV_BIAS, DENSE_WEIGHT, DENSE_BIAS,
-    POST_NORM_WEIGHT, POST_NORM_BIAS, FC_IN_WEIGHT, FC_IN_BIAS, FC_OUT_WEIGHT, FC_OUT_BIAS,
-    QKV_SCALES, DENSE_SCALES, FC_IN_SCALES, FC_OUT_SCALES, KEYS, VALUES, LAYER_POINTERS
+    INPUT_NORM_WEIGHT, INPUT_NORM_BIAS, QUERY_WEIGHT, QUERY_BIAS, KEY_WEIGHT, KEY_BIAS,
+    VALUE_WEIGHT, VALUE_BIAS, DENSE_WEIGHT, DENSE_BIAS, POST_NORM_WEIGHT, POST_NORM_BIAS,
+    FC_IN_WEIGHT, FC_IN_BIAS, GATE_WEIGHT, GATE_BIAS, FC_OUT_WEIGHT, FC_OUT_BIAS,
+    QUERY_SCALES, KEY_SCALES, VALUE_SCALES, DENSE_SCALES, FC_IN_SCALES, GATE_SCALES,
+    FC_OUT_SCALES, KEYS, VALUES, LAYER_POINTERS
 };
 
 /* A matrix of the model: quantized with `bits` where it has scales. */
@@ -557,42 +598,76 @@ static inline struct matrix matrix(const void *weight, const uint16_t *scales, i
     return (struct matrix){weight, scales, scales ? bits : 0};
 }
 
-/* Workspace floats pcls_neox_step needs for `tokens` new tokens. */
-int64_t pcls_neox_workspace(const struct neox_shape *shape, int64_t tokens) {
-    const int64_t widest = shape->intermediate > shape->hidden ? shape->intermediate
-                                                               : shape->hidden;
-    return tokens * (7 * shape->hidden + shape->intermediate) +
-           shape->heads * tokens * (shape->position + tokens) + 2 * tokens * widest / GROUP +
-           (tokens * widest + 3) / 4;
+/* Floats of the queries, keys and values of `tokens` tokens. */
+static int64_t qkv_floats(const struct decoder_shape *shape, int64_t tokens) {
+    return tokens * (shape->heads + 2 * shape->kv_heads) * shape->head_dim;
 }
 
-/* `tokens` new tokens through a whole GPT-NeoX model (exact GELU, layer norms, rotary
- * embedding), in one parallel region, each weight matrix read once: `embeddings` holds their
- * input embeddings [tokens, hidden]; cos and sin their rotary tables [tokens, rotary_dim]; each
- * layer's caches are [heads][head_strides[layer]] values (float16 if shape->kv_half, else
- * float32) with room for rows position ..
- * position + tokens - 1, which are written, and token t attends to rows 0 .. position + t;
- * logits[tokens, vocab] = head_weight @ final_norm(hidden) + head_bias (NULL biases are zero).
- * A matrix whose scales are NULL is float32, else quantized with shape->bits (gemm_rows). */
-void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float *embeddings,
-                    void *const *layer_pointers, const int64_t *head_strides, const float *cos,
-                    const float *sin, const float *final_norm_weight,
-                    const float *final_norm_bias, const void *head_weight,
-                    const uint16_t *head_scales, const float *head_bias, float *workspace,
-                    float *logits, int threads) {
+/* Where token t's query of head `head` (which = 0), key (1) or value (2) of kv head `head` is
+ * in `qkv`: per token and head [query | key | value] if fused, else all the queries, then all
+ * the keys, then all the values, token by token. */
+static float *qkv_part(const struct decoder_shape *shape, float *qkv, int64_t tokens, int64_t t,
+                       int64_t head, int which) {
+    const int64_t dim = shape->head_dim;
+    if (shape->fused_qkv) {
+        return qkv + (t * shape->heads + head) * 3 * dim + which * dim;
+    }
+    const int64_t queries = tokens * shape->heads * dim, keys = tokens * shape->kv_heads * dim;
+    const int64_t width = which == 0 ? shape->heads * dim : shape->kv_heads * dim;
+    return qkv + (which > 0) * queries + (which > 1) * keys + t * width + head * dim;
+}
+
+static void normalize(const struct decoder_shape *shape, const float *x, const void *weight,
+                      const void *bias, float *out) {
+    if (shape->norm == RMS_NORM) {
+        rms_norm(x, weight, out, shape->hidden, shape->eps);
+    } else {
+        layer_norm(x, weight, bias, out, shape->hidden, shape->eps);
+    }
+}
+
+/* Workspace floats pcls_decoder_step needs for `tokens` new tokens. */
+int64_t pcls_decoder_workspace(const struct decoder_shape *shape, int64_t tokens) {
+    const int64_t attended = shape->heads * shape->head_dim;
+    int64_t widest = shape->intermediate > shape->hidden ? shape->intermediate : shape->hidden;
+    widest = attended > widest ? attended : widest;
+    return tokens * (3 * shape->hidden + attended + shape->intermediate) +
+           qkv_floats(shape, tokens) + shape->heads * tokens * (shape->position + tokens) +
+           2 * tokens * widest / GROUP + (tokens * widest + 3) / 4;
+}
+
+/* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
+ * shape says which norms, attention and MLP), in one parallel region, each weight matrix read
+ * once: `embeddings` holds their input embeddings [tokens, hidden]; cos and sin their rotary
+ * tables [tokens, rotary_dim]; each layer's caches are [kv_heads][head_strides[layer]] values
+ * (float16 if shape->kv_half, else float32) with room for rows position .. position + tokens -
+ * 1, which are written, and token t attends to rows 0 .. position + t; logits[tokens, vocab] =
+ * head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix whose scales are
+ * NULL is float32, else quantized with shape->bits (gemm_rows). */
+void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
+                       const float *embeddings, void *const *layer_pointers,
+                       const int64_t *head_strides, const float *cos, const float *sin,
+                       const float *final_norm_weight, const float *final_norm_bias,
+                       const void *head_weight, const uint16_t *head_scales,
+                       const float *head_bias, float *workspace, float *logits, int threads) {
     const int64_t hidden = shape->hidden, heads = shape->heads, dim = shape->head_dim;
+    const int64_t kv_heads = shape->kv_heads, group = heads / kv_heads;
     const int64_t inter = shape->intermediate, rotary_dim = shape->rotary_dim;
+    const int64_t attended_width = heads * dim, kv_width = kv_heads * dim;
     const int64_t position = shape->position, span = position + tokens;
-    const float eps = shape->eps;
     const int bits = (int)shape->bits, kv_half = (int)shape->kv_half;
-    float *x = workspace, *normed = x + tokens * hidden, *qkv = normed + tokens * hidden;
-    float *attended = qkv + tokens * 3 * hidden, *projected = attended + tokens * hidden;
-    float *expanded = projected + tokens * hidden, *scores = expanded + tokens * inter;
+    float *x = workspace, *normed = x + tokens * hidden, *projected = normed + tokens * hidden;
+    float *attended = projected + tokens * hidden, *expanded = attended + tokens * attended_width;
+    float *qkv = expanded + tokens * inter, *scores = qkv + qkv_floats(shape, tokens);
     float *quantized_scales = scores + heads * tokens * span;
-    const int64_t widest = inter > hidden ? inter : hidden;
+    int64_t widest = inter > hidden ? inter : hidden;
+    widest = attended_width > widest ? attended_width : widest;
     const int64_t groups = tokens * widest / GROUP;
     const struct quantized_rows shared = {(int8_t *)(quantized_scales + 2 * groups),
                                           quantized_scales, quantized_scales + groups};
+    const enum row_output activated = shape->activation == GELU_EXACT ? STORE_GELU
+                                      : shape->activation == GELU_TANH ? STORE_GELU_TANH
+                                                                       : STORE;
     for (int64_t i = 0; i < tokens * hidden; i++) {
         x[i] = embeddings[i];
     }
@@ -602,54 +677,77 @@ void pcls_neox_step(const struct neox_shape *shape, int64_t tokens, const float 
             void *const *p = layer_pointers + layer * LAYER_POINTERS;
 #pragma omp single
             for (int64_t t = 0; t < tokens; t++) {
-                layer_norm(x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
-                           normed + t * hidden, hidden, eps);
+                normalize(shape, x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
+                          normed + t * hidden);
             }
-            gemm_rows(matrix(p[QKV_WEIGHT], p[QKV_SCALES], bits), normed, p[QKV_BIAS], qkv,
-                      3 * hidden, hidden, tokens, STORE, shared);
+            if (shape->fused_qkv) {
+                gemm_rows(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, p[QUERY_BIAS],
+                          qkv, 3 * attended_width, hidden, tokens, STORE, shared);
+            } else {
+                gemm_rows(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, p[QUERY_BIAS],
+                          qkv_part(shape, qkv, tokens, 0, 0, 0), attended_width, hidden, tokens,
+                          STORE, shared);
+                gemm_rows(matrix(p[KEY_WEIGHT], p[KEY_SCALES], bits), normed, p[KEY_BIAS],
+                          qkv_part(shape, qkv, tokens, 0, 0, 1), kv_width, hidden, tokens, STORE,
+                          shared);
+                gemm_rows(matrix(p[VALUE_WEIGHT], p[VALUE_SCALES], bits), normed, p[VALUE_BIAS],
+                          qkv_part(shape, qkv, tokens, 0, 0, 2), kv_width, hidden, tokens, STORE,
+                          shared);
+            }
             const int64_t cached = kv_half ? 2 : 4, stride = head_strides[layer] * cached;
             char *keys = p[KEYS], *values = p[VALUES];
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) collapse(2)
             for (int64_t head = 0; head < heads; head++) {
                 for (int64_t t = 0; t < tokens; t++) {
-                    neox_cache_token(qkv + t * 3 * hidden + head * 3 * dim, cos + t * rotary_dim,
-                                     sin + t * rotary_dim, rotary_dim,
-                                     keys + head * stride, values + head * stride, position + t,
-                                     dim, kv_half);
+                    const float *cos_t = cos + t * rotary_dim, *sin_t = sin + t * rotary_dim;
+                    rotate(qkv_part(shape, qkv, tokens, t, head, 0), cos_t, sin_t, rotary_dim);
+                    if (head < kv_heads) {
+                        float *key = qkv_part(shape, qkv, tokens, t, head, 1);
+                        rotate(key, cos_t, sin_t, rotary_dim);
+                        cache_row(key, qkv_part(shape, qkv, tokens, t, head, 2),
+                                  keys + head * stride, values + head * stride, position + t, dim,
+                                  kv_half);
+                    }
                 }
             }
 #pragma omp for schedule(static) collapse(2)
             for (int64_t head = 0; head < heads; head++) {
                 for (int64_t t = 0; t < tokens; t++) {
-                    attend_head(qkv + t * 3 * hidden + head * 3 * dim, keys + head * stride,
-                                values + head * stride, attended + t * hidden + head * dim,
+                    const int64_t kv_head = head / group;
+                    attend_head(qkv_part(shape, qkv, tokens, t, head, 0),
+                                keys + kv_head * stride, values + kv_head * stride,
+                                attended + t * attended_width + head * dim,
                                 scores + (head * tokens + t) * span, position + t + 1, dim,
                                 shape->scale, kv_half);
                 }
             }
             gemm_rows(matrix(p[DENSE_WEIGHT], p[DENSE_SCALES], bits), attended, p[DENSE_BIAS],
-                      projected, hidden, hidden, tokens, STORE, shared);
+                      projected, hidden, attended_width, tokens, STORE, shared);
 #pragma omp single
             for (int64_t t = 0; t < tokens; t++) {
                 float *row = x + t * hidden, *row_normed = normed + t * hidden;
-                const float *norm_weight = p[POST_NORM_WEIGHT], *norm_bias = p[POST_NORM_BIAS];
                 if (shape->parallel_residual) {
-                    layer_norm(row, norm_weight, norm_bias, row_normed, hidden, eps);
+                    normalize(shape, row, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], row_normed);
                     add(row, projected + t * hidden, hidden);
                 } else {
                     add(row, projected + t * hidden, hidden);
-                    layer_norm(row, norm_weight, norm_bias, row_normed, hidden, eps);
+                    normalize(shape, row, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], row_normed);
                 }
             }
+            if (shape->activation == SILU_GATED) {
+                gemm_rows(matrix(p[GATE_WEIGHT], p[GATE_SCALES], bits), normed, p[GATE_BIAS],
+                          expanded, inter, hidden, tokens, STORE, shared);
+            }
             gemm_rows(matrix(p[FC_IN_WEIGHT], p[FC_IN_SCALES], bits), normed, p[FC_IN_BIAS],
-                      expanded, inter, hidden, tokens, STORE_GELU, shared);
+                      expanded, inter, hidden, tokens,
+                      shape->activation == SILU_GATED ? GATED : activated, shared);
             gemm_rows(matrix(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], bits), expanded, p[FC_OUT_BIAS],
                       x, hidden, inter, tokens, ADD, shared);
         }
 #pragma omp single
         for (int64_t t = 0; t < tokens; t++) {
-            layer_norm(x + t * hidden, final_norm_weight, final_norm_bias, normed + t * hidden,
-                       hidden, eps);
+            normalize(shape, x + t * hidden, final_norm_weight, final_norm_bias,
+                      normed + t * hidden);
         }
         gemm_rows(matrix(head_weight, head_scales, bits), normed, head_bias, logits,
                   shape->vocab, hidden, tokens, STORE, shared);

@@ -6,7 +6,7 @@ attention at ~24 GB/s; the loops in cpu_kernels.c reach ~32-42 and ~37 GB/s, abo
 reduction reads (bench/decode_kernels.py). They are compiled with the machine's C compiler on
 first use (about a second), cached under ~/.cache/polycoder-ls/kernels, and called through
 ctypes. Anything they do not cover (other dtypes, masks that hide positions) goes to torch
-unchanged; neox_decode.py runs a whole GPT-NeoX decode step on them.
+unchanged; token_step.py runs a whole decode step on them.
 
 Quantized weights (int8 or 4-bit in groups of GROUP, `QuantizedWeight`) replace the float32
 ones; products of fewer than BF16_MIN_ROWS rows run on them in the kernels, with activations
@@ -168,17 +168,17 @@ def _compiler_identity(compiler: str) -> str:
     return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
 
-class NeoXShape(ctypes.Structure):
-    """`struct neox_shape` of cpu_kernels.c: a GPT-NeoX model's sizes and the step's position."""
+class DecoderShape(ctypes.Structure):
+    """`struct decoder_shape` of cpu_kernels.c: a decoder model's sizes, what its layers compute
+    (token_step.Norm, token_step.Activation) and the step's position."""
 
     _fields_ = [
-        *((name, _INT) for name in ("layers", "hidden", "heads", "head_dim", "intermediate")),
-        *((name, _INT) for name in ("rotary_dim", "vocab", "position")),
+        *((name, _INT) for name in ("layers", "hidden", "heads", "kv_heads", "head_dim")),
+        *((name, _INT) for name in ("intermediate", "rotary_dim", "vocab", "position")),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
-        ("parallel_residual", _INT),
-        ("bits", _INT),
-        ("kv_half", _INT),
+        *((name, _INT) for name in ("parallel_residual", "bits", "kv_half", "norm")),
+        *((name, _INT) for name in ("activation", "fused_qkv")),
     ]
 
 
@@ -216,10 +216,10 @@ class CpuKernels:
         library.pcls_gemm.restype = None
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
-        library.pcls_neox_workspace.argtypes = [_POINTER, _INT]
-        library.pcls_neox_workspace.restype = _INT
-        library.pcls_neox_step.argtypes = [_POINTER, _INT, *[_POINTER] * 12, ctypes.c_int]
-        library.pcls_neox_step.restype = None
+        library.pcls_decoder_workspace.argtypes = [_POINTER, _INT]
+        library.pcls_decoder_workspace.restype = _INT
+        library.pcls_decoder_step.argtypes = [_POINTER, _INT, *[_POINTER] * 12, ctypes.c_int]
+        library.pcls_decoder_step.restype = None
         return cls(library, build)
 
     def gemm(
@@ -273,9 +273,9 @@ class CpuKernels:
         )
         return out
 
-    def neox_step(
+    def decoder_step(
         self,
-        shape: NeoXShape,
+        shape: DecoderShape,
         embeddings: torch.Tensor,
         layer_pointers: list[int | None],
         head_strides: list[int],
@@ -283,14 +283,14 @@ class CpuKernels:
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
         head: tuple[torch.Tensor | QuantizedWeight, torch.Tensor | None],
     ) -> torch.Tensor:
-        """New tokens through a whole GPT-NeoX model (pcls_neox_step in cpu_kernels.c):
+        """New tokens through a whole decoder model (pcls_decoder_step in cpu_kernels.c):
         `embeddings` [tokens, hidden]; `layer_pointers` holds each layer's weights, biases and
         cache rows in the C order; `rotary` the cos and sin [tokens, rotary_dim] of the tokens'
         positions. Returns the logits [tokens, vocab]."""
         tokens = embeddings.shape[0]
-        workspace = torch.empty(self.library.pcls_neox_workspace(ctypes.byref(shape), tokens))
+        workspace = torch.empty(self.library.pcls_decoder_workspace(ctypes.byref(shape), tokens))
         logits = torch.empty(tokens, shape.vocab, dtype=torch.float32)
-        self.library.pcls_neox_step(
+        self.library.pcls_decoder_step(
             ctypes.byref(shape),
             tokens,
             embeddings.data_ptr(),

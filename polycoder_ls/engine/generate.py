@@ -191,7 +191,11 @@ class Generator:
         """The logits after `token_ids`, fed after the cached tokens (which they extend);
         with `every_position`, [len(token_ids), vocab]: after each of them."""
         step = self.loaded.token_step
-        if step is not None and len(token_ids) <= STEP_TOKENS and step.applies(cache):
+        if (
+            step is not None
+            and len(token_ids) <= STEP_TOKENS
+            and step.applies(cache, len(token_ids))
+        ):
             logits = step(token_ids, cache)
             return logits if every_position else logits[-1]
         inputs = torch.tensor([token_ids], device=self.loaded.device)

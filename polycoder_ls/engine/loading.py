@@ -17,7 +17,7 @@ from ..fim import FimFormat, FimTokens, resolve
 from .cpu_kernels import use_cpu_kernels
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
-from .neox_decode import NeoXTokenStep
+from .token_step import TokenStep
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class LoadedModel:
     eos_id: int | None
     special_ids: frozenset[int] = frozenset()
     """End-of-text, padding, separator...: text never continues past one of them."""
-    token_step: NeoXTokenStep | None = None
+    token_step: TokenStep | None = None
     """A whole decode step in one call of the CPU kernels, where the model allows one."""
     notices: tuple[str, ...] = ()
     """Settings that could not be honoured, and what was done instead."""
@@ -205,7 +205,7 @@ def load_model(settings: Settings) -> LoadedModel:
     token_step, bits = None, QUANTIZED_BITS.get(settings.dtype) if device == "cpu" else None
     kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
     if kernels is not None:
-        token_step = NeoXTokenStep.for_model(model, kernels)
+        token_step = TokenStep.for_model(model, kernels)
     elif bits is not None:
         if settings.dtype != "auto":
             notices += (
@@ -260,7 +260,7 @@ def _loaded(
     model: Any,
     device: str,
     dtype: torch.dtype = torch.float32,
-    token_step: NeoXTokenStep | None = None,
+    token_step: TokenStep | None = None,
     notices: tuple[str, ...] = (),
     quantized_bits: int | None = None,
     kv_storage: torch.dtype | None = None,

@@ -48,9 +48,7 @@ async def test_an_opened_document_is_fed_to_the_model_before_it_is_asked(editor,
     assert last["reusedTokens"] == 0 and (await editor.status())["totals"]["warmStarts"] == 1
 
 
-async def test_a_typed_edit_starts_the_suggestion_that_its_request_takes_over(
-    editor, slow_model
-):
+async def test_a_typed_edit_starts_the_suggestion_that_its_request_takes_over(editor, slow_model):
     settings = {"model": str(slow_model), "maxNewTokens": 12, "cache": {"size": 0}}
     await editor.start({**settings, "prefetch": False, "warmStart": False})
     editor.open(URI, LONG_TEXT)

@@ -21,7 +21,19 @@ from reference import (
 )
 from torch import nn
 from torch.nn import functional
-from transformers import AutoModelForCausalLM, DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    DynamicCache,
+    GPT2Config,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
+)
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine import cpu_kernels
@@ -38,7 +50,7 @@ from polycoder_ls.engine.cpu_kernels import (
 from polycoder_ls.engine.generate import DecodeParams, Generator
 from polycoder_ls.engine.kv_cache import preallocated_cache
 from polycoder_ls.engine.loading import load_model
-from polycoder_ls.engine.neox_decode import NeoXTokenStep
+from polycoder_ls.engine.token_step import TokenStep
 
 BUILDS = {build.name: build for build in runnable_builds()}
 """Every build of the kernels this CPU runs: each is checked."""
@@ -281,7 +293,7 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
     fast, kernels = _on_the_kernels(plain, bits, build)
     linears = [module for module in fast.modules() if isinstance(module, KernelLinear)]
     assert all((module.quantized is not None) == bool(bits) for module in linears)
-    step = NeoXTokenStep.for_model(fast, kernels)
+    step = TokenStep.for_model(fast, kernels)
     assert step is not None
     # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
     prompt = [1 + (i * 13) % 290 for i in range(250)]
@@ -305,7 +317,7 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
 def test_the_step_feeds_several_tokens_as_transformers_feeds_them(bits, build):
     plain = _neox(False, 0.25)
     fast, kernels = _on_the_kernels(plain, bits, build)
-    step = NeoXTokenStep.for_model(fast, kernels)
+    step = TokenStep.for_model(fast, kernels)
     assert step is not None
     prompt = [1 + (i * 13) % 290 for i in range(250)]
     expected_cache, cache = _caches(plain, bits, len(prompt))
@@ -329,7 +341,7 @@ def test_several_tokens_in_one_step_get_the_logits_of_one_step_each_bit_for_bit(
     """What keeps speculation's greedy text that of plain greedy decoding: verifying drafts k
     at a time computes each token's logits exactly as a step of its own would."""
     fast, kernels = _on_the_kernels(_neox(True, 0.25), bits, build)
-    step = NeoXTokenStep.for_model(fast, kernels)
+    step = TokenStep.for_model(fast, kernels)
     assert step is not None
     prompt = [1 + (i * 13) % 290 for i in range(40)]
     chunks = ([7, 9, 250, 3, 5, 6, 8, 10, 11, 12, 13], [2, 4], [20, 21, 22, 23, 24])
@@ -343,11 +355,96 @@ def test_several_tokens_in_one_step_get_the_logits_of_one_step_each_bit_for_bit(
     assert torch.equal(together, alone)
 
 
+def _llama_family(kind: str) -> nn.Module:
+    """A tiny model of the Llama family: grouped-query attention (4 query heads, 2 key-value
+    heads), heads wider than hidden / heads for Llama, biases on q, k and v for Qwen2, and
+    Starcoder2's layer norms, biases and tanh GELU. Weights large enough that the GELUs differ
+    and norms that are not the identity."""
+    torch.manual_seed(11)
+    common = dict(
+        vocab_size=300,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=192,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if kind == "llama":
+        config = LlamaConfig(**common, head_dim=32, attention_bias=True, tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = Starcoder2ForCausalLM(Starcoder2Config(**common, sliding_window=None))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "starcoder2"])
+@pytest.mark.parametrize("bits", [None, 8, 4])
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_the_step_computes_what_transformers_computes_for_the_llama_family(kind, bits, build):
+    plain = _llama_family(kind)
+    fast, kernels = _on_the_kernels(plain, bits, build)
+    step = TokenStep.for_model(fast, kernels)
+    assert step is not None
+    prompt = [1 + (i * 13) % 290 for i in range(250)]
+    expected_cache, cache = _caches(plain, bits, len(prompt))
+    with torch.inference_mode():
+        expected = plain(input_ids=torch.tensor([prompt]), cache=expected_cache).logits[0, -1]
+        fast(input_ids=torch.tensor([prompt]), cache=cache)
+        for _ in range(6):
+            token = int(expected.argmax())
+            expected = plain(input_ids=torch.tensor([[token]]), cache=expected_cache).logits[0, -1]
+            assert step.applies(cache)
+            _assert_close(step(token, cache), expected, bits)
+        chunk = [5, 9, 250, 3]
+        expected = plain(input_ids=torch.tensor([chunk]), cache=expected_cache).logits[0]
+        _assert_close(step(chunk, cache), expected, bits)
+    assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 10
+    for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
+        _assert_close(ours.keys, theirs.keys, bits)
+        _assert_close(ours.values, theirs.values, bits)
+
+
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
     kernels = CpuKernels.load()
     other_activation = _neox(False, 1.0, hidden_act="relu")
-    assert NeoXTokenStep.for_model(other_activation, kernels) is None
-    step = NeoXTokenStep.for_model(_neox(False, 1.0), kernels)
+    assert TokenStep.for_model(other_activation, kernels) is None
+    windowed = Starcoder2Config(
+        vocab_size=64,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        sliding_window=8,
+    )
+    windowed_step = TokenStep.for_model(Starcoder2ForCausalLM(windowed).eval(), kernels)
+    assert windowed_step is not None
+    cache = preallocated_cache(1, 16)
+    with torch.inference_mode():
+        windowed_step.model(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6]]), cache=cache)
+    assert windowed_step.applies(cache, 2) and not windowed_step.applies(cache, 3)
+    gelu_llama = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_act="gelu",
+    )
+    assert TokenStep.for_model(LlamaForCausalLM(gelu_llama), kernels) is None
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=64, n_head=2))
+    assert TokenStep.for_model(gpt2, kernels) is None
+    step = TokenStep.for_model(_neox(False, 1.0), kernels)
     assert step is not None
     assert not step.applies(DynamicCache())
     assert not step.applies(preallocated_cache(3, 16)), "an empty cache has no prompt in it"
@@ -357,9 +454,9 @@ def test_the_generator_decodes_with_the_whole_model_step(tiny_model: Path, monke
     loaded = load_model(Settings(model=str(tiny_model)))
     assert loaded.token_step is not None
     calls = []
-    step = NeoXTokenStep.__call__
+    step = TokenStep.__call__
     monkeypatch.setattr(
-        NeoXTokenStep, "__call__", lambda self, *args: calls.append(args[0]) or step(self, *args)
+        TokenStep, "__call__", lambda self, *args: calls.append(args[0]) or step(self, *args)
     )
     greedy = DecodeParams(max_new_tokens=10, temperature=0.0, top_p=1.0)
     text, stats = Generator(loaded).generate(

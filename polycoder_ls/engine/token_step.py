@@ -1,0 +1,279 @@
+"""A decoder model's whole decode step in one call of the CPU kernels.
+
+Around its matrix products, transformers' forward runs some thirty small tensor operations and
+module calls per layer and token (views, slices and concatenations for the rotary embedding,
+dropout, norms, the cache update) and opens one thread team per product: ~3.4 ms of a
+160M-shaped GPT-NeoX model's ~23 ms decode step on a 2-core CPU (`bench/decode_cache.py
+--profile`). For new tokens after a preallocated cache, this step computes the same function
+with the model's own weights in one C call and one thread team: embedding rows, per layer the
+norms, projections, rotary embedding, KV-cache writes, attention (grouped-query where the model
+has fewer key-value heads) and MLP, then the final norm and the LM head. It covers GPT-NeoX
+(PolyCoder), Llama and Qwen2 (RMSNorm, SwiGLU) and Starcoder2 (layer norms, tanh GELU); prefill
+chunks, batches and every other model run transformers' forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from operator import attrgetter
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .cpu_kernels import CpuKernels, DecoderShape, QuantizedWeight, weight_bits, weight_pointers
+from .kv_cache import PreallocatedLayer
+
+Getter = Callable[[Any], Any]
+
+
+class Norm(IntEnum):
+    """`enum norm` of cpu_kernels.c."""
+
+    LAYER = 0
+    RMS = 1
+
+
+class Activation(IntEnum):
+    """`enum activation` of cpu_kernels.c."""
+
+    GELU_EXACT = 0
+    GELU_TANH = 1
+    SILU_GATED = 2
+
+
+def _absent(_: Any) -> None:
+    return None
+
+
+def _decode_weight(path: str) -> Callable[[Any], torch.Tensor | QuantizedWeight]:
+    """The weight a linear layer's single-row products read (quantized where it has one)."""
+    module = attrgetter(path)
+    return lambda layer: getattr(module(layer), "decode_weight", module(layer).weight)
+
+
+def _linear(path: str) -> tuple[Getter, Getter]:
+    """A linear layer's decode weight and its bias (None if it has none)."""
+    return _decode_weight(path), attrgetter(f"{path}.bias")
+
+
+def _norm(path: str, bias: bool) -> tuple[Getter, Getter]:
+    return attrgetter(f"{path}.weight"), attrgetter(f"{path}.bias") if bias else _absent
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family of models keeps what the step reads, and what it computes."""
+
+    base: str
+    """The decoder inside the causal LM (its layers, final norm and rotary embedding)."""
+    final_norm: str
+    attention: str
+    tensors: tuple[Getter, ...]
+    """Each layer's tensors in the order of `enum layer_pointer` in cpu_kernels.c, up to the
+    scales (None where the family has none)."""
+    norm: Norm
+    activation: Activation
+    hidden_act: str
+    fused_qkv: bool
+
+
+_NEOX = Family(
+    base="gpt_neox",
+    final_norm="final_layer_norm",
+    attention="attention",
+    tensors=(
+        *_norm("input_layernorm", bias=True),
+        *_linear("attention.query_key_value"),
+        *(_absent,) * 4,
+        *_linear("attention.dense"),
+        *_norm("post_attention_layernorm", bias=True),
+        *_linear("mlp.dense_h_to_4h"),
+        _absent,
+        _absent,
+        *_linear("mlp.dense_4h_to_h"),
+    ),
+    norm=Norm.LAYER,
+    activation=Activation.GELU_EXACT,
+    hidden_act="gelu",
+    fused_qkv=True,
+)
+_LLAMA = Family(
+    base="model",
+    final_norm="norm",
+    attention="self_attn",
+    tensors=(
+        *_norm("input_layernorm", bias=False),
+        *_linear("self_attn.q_proj"),
+        *_linear("self_attn.k_proj"),
+        *_linear("self_attn.v_proj"),
+        *_linear("self_attn.o_proj"),
+        *_norm("post_attention_layernorm", bias=False),
+        *_linear("mlp.up_proj"),
+        *_linear("mlp.gate_proj"),
+        *_linear("mlp.down_proj"),
+    ),
+    norm=Norm.RMS,
+    activation=Activation.SILU_GATED,
+    hidden_act="silu",
+    fused_qkv=False,
+)
+_STARCODER2 = Family(
+    base="model",
+    final_norm="norm",
+    attention="self_attn",
+    tensors=(
+        *_norm("input_layernorm", bias=True),
+        *_linear("self_attn.q_proj"),
+        *_linear("self_attn.k_proj"),
+        *_linear("self_attn.v_proj"),
+        *_linear("self_attn.o_proj"),
+        *_norm("post_attention_layernorm", bias=True),
+        *_linear("mlp.c_fc"),
+        _absent,
+        _absent,
+        *_linear("mlp.c_proj"),
+    ),
+    norm=Norm.LAYER,
+    activation=Activation.GELU_TANH,
+    hidden_act="gelu_pytorch_tanh",
+    fused_qkv=False,
+)
+FAMILIES = {
+    "GPTNeoXForCausalLM": _NEOX,
+    "LlamaForCausalLM": _LLAMA,
+    "Qwen2ForCausalLM": _LLAMA,
+    "Starcoder2ForCausalLM": _STARCODER2,
+}
+"""The causal LMs the step computes, by class name."""
+
+_MATRICES = (2, 4, 6, 8, 12, 14, 16)
+"""The positions of the matrices in Family.tensors (whose scales follow the tensors)."""
+
+
+def _layer_pointers(tensors: list[Any]) -> list[int | None]:
+    """A layer's pointers in the C order up to its keys and values: its tensors, then the
+    scales of its matrices (None for float32 ones and absent ones)."""
+    pointers = [None if tensor is None else weight_pointers(tensor)[0] for tensor in tensors]
+    scales = [None if tensors[i] is None else weight_pointers(tensors[i])[1] for i in _MATRICES]
+    return pointers + scales
+
+
+def _sliding_window(config: Any) -> int | None:
+    if not getattr(config, "use_sliding_window", True):
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+class TokenStep:
+    """Logits for new tokens after the tokens in a preallocated cache (which it extends),
+    computed by the CPU kernels for a float32 model of one of FAMILIES. It runs on the weights
+    the model had when the step was made."""
+
+    def __init__(self, model: Any, kernels: CpuKernels, family: Family) -> None:
+        self.model = model
+        self.kernels = kernels
+        self.family = family
+        self.base = getattr(model, family.base)
+        config = model.config
+        self.layers = list(self.base.layers)
+        # The tensors stay referenced, so their pointers stay valid for the step's lifetime.
+        self._weights = [[tensor(layer) for tensor in family.tensors] for layer in self.layers]
+        self._weight_pointers = list(map(_layer_pointers, self._weights))
+        head = model.get_output_embeddings()
+        self._head = (getattr(head, "decode_weight", head.weight), head.bias)
+        self._final_norm = getattr(self.base, family.final_norm)
+        self.window = _sliding_window(config)
+        """Tokens a token attends to at most (None: all before it): the step attends to all."""
+        attention = getattr(self.layers[0], family.attention)
+        norm = self.layers[0].input_layernorm
+        heads = config.num_attention_heads
+        self.shape = dict(
+            layers=len(self.layers),
+            hidden=config.hidden_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(attention, "head_dim", None) or attention.head_size,
+            intermediate=config.intermediate_size,
+            vocab=head.out_features,
+            eps=getattr(norm, "eps", None) or norm.variance_epsilon,
+            scale=attention.scaling,
+            parallel_residual=int(getattr(config, "use_parallel_residual", False)),
+            bits=self._bits(),
+            norm=int(family.norm),
+            activation=int(family.activation),
+            fused_qkv=int(family.fused_qkv),
+        )
+
+    def _bits(self) -> int:
+        """The quantized matrices' bits (they all have the same), 0 if all are float32."""
+        matrices = [weights[i] for weights in self._weights for i in _MATRICES]
+        present = [matrix for matrix in matrices if matrix is not None]
+        return max(map(weight_bits, [*present, self._head[0]]))
+
+    @classmethod
+    def for_model(cls, model: Any, kernels: CpuKernels) -> TokenStep | None:
+        """The step for `model`, or None where the kernels do not compute what it computes."""
+        family = FAMILIES.get(type(model).__name__)
+        config = model.config
+        if family is None or config.hidden_act != family.hidden_act:
+            return None
+        if not all(
+            parameter.dtype == torch.float32
+            and parameter.device.type == "cpu"
+            and parameter.is_contiguous()
+            for parameter in model.parameters()
+        ):
+            return None
+        return cls(model, kernels, family)
+
+    def applies(self, cache: Any, tokens: int = 1) -> bool:
+        """Whether the step computes what the model computes for `tokens` new tokens after
+        `cache`."""
+        if self.model.training or not isinstance(cache, DynamicCache):
+            return False
+        layers = [
+            layer
+            for layer in cache.layers
+            if isinstance(layer, PreallocatedLayer) and layer.is_initialized
+        ]
+        stored = {(layer.length, layer.sequences, layer.stored_dtype) for layer in layers}
+        if len(layers) != len(cache.layers) or len(layers) != len(self.layers) or len(stored) != 1:
+            return False
+        length, sequences, dtype = stored.pop()
+        within_window = self.window is None or length + tokens <= self.window
+        return sequences == 1 and dtype in {torch.float32, torch.float16} and within_window
+
+    def __call__(self, tokens: int | list[int], cache: DynamicCache) -> torch.Tensor:
+        """The logits after `tokens`, whose keys and values are appended to `cache`: [vocab]
+        after one token, [len(tokens), vocab] after a list (each after the ones before it)."""
+        ids = [tokens] if isinstance(tokens, int) else tokens
+        position = cache.get_seq_length()
+        embeddings = self.model.get_input_embeddings().weight[ids]
+        positions = torch.arange(position, position + len(ids))[None]
+        cos, sin = self.base.rotary_emb(embeddings, positions)
+        pointers: list[int | None] = []
+        head_strides = []
+        for layer_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
+            assert isinstance(cache_layer, PreallocatedLayer)
+            keys, values = cache_layer.append_rows(len(ids))
+            pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
+            head_strides.append(keys.stride(0))
+        shape = DecoderShape(
+            **self.shape,
+            rotary_dim=cos.shape[-1],
+            position=position,
+            kv_half=int(keys.dtype == torch.float16),
+        )
+        logits = self.kernels.decoder_step(
+            shape,
+            embeddings,
+            pointers,
+            head_strides,
+            (cos.reshape(len(ids), -1).contiguous(), sin.reshape(len(ids), -1).contiguous()),
+            (self._final_norm.weight, getattr(self._final_norm, "bias", None)),
+            self._head,
+        )
+        return logits[0] if isinstance(tokens, int) else logits
