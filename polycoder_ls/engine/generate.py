@@ -160,7 +160,7 @@ class Generator:
         """The logits after `token`; with a draft from `lookup`, also those after each drafted
         token that greedy decoding chooses in turn (the rest leave the cache)."""
         draft = lookup.draft(draft_limit) if lookup is not None and draft_limit > 0 else []
-        if not draft:
+        if not draft or not self._step_computes(state.cache, 1 + len(draft)):
             return [self._forward(state, [token])]
         rows = self._forward(state, [token, *draft], every_position=True)
         accepted = 0
@@ -185,17 +185,20 @@ class Generator:
         masked[index] = logits[index]
         return masked
 
+    def _step_computes(self, cache: DynamicCache, tokens: int) -> bool:
+        """Whether the whole-model step computes `tokens` new tokens after `cache`: each one's
+        logits then equal those of a step of its own, bit for bit, so verifying a draft keeps
+        plain greedy decoding's text (a batched forward elsewhere may round otherwise)."""
+        step = self.loaded.token_step
+        return step is not None and tokens <= STEP_TOKENS and step.applies(cache, tokens)
+
     def _logits(
         self, cache: DynamicCache, token_ids: list[int], every_position: bool = False
     ) -> torch.Tensor:
         """The logits after `token_ids`, fed after the cached tokens (which they extend);
         with `every_position`, [len(token_ids), vocab]: after each of them."""
         step = self.loaded.token_step
-        if (
-            step is not None
-            and len(token_ids) <= STEP_TOKENS
-            and step.applies(cache, len(token_ids))
-        ):
+        if step is not None and self._step_computes(cache, len(token_ids)):
             logits = step(token_ids, cache)
             return logits if every_position else logits[-1]
         inputs = torch.tensor([token_ids], device=self.loaded.device)

@@ -13,7 +13,7 @@ DESIGN_DEFAULTS = {
     "maxNewTokens": 64,
     "temperature": 0.0,
     "topP": 0.95,
-    "draftTokens": 0,  # issue 16
+    "draftTokens": 2,  # issue 16
     "prefetch": True,  # issue 16
     "anticipate": True,  # issue 16
     "warmStart": True,  # issue 16

@@ -253,3 +253,15 @@ def test_sampling_never_speculates(nano):
             assert stats.decode_forwards == stats.generated_tokens - 1
             texts.append(text)
         assert texts[0] == texts[1]
+
+
+def test_no_speculation_where_the_whole_model_step_does_not_compute(nano):
+    """Only the step computes each token of a forward bit for bit as alone; a batched forward
+    through transformers could round otherwise and change greedy text in a near-tie."""
+    without_step = replace(nano, token_step=None)
+    prompt = nano.tokenize(CODE)[0]
+    speculative = DecodeParams(max_new_tokens=16, temperature=0.0, top_p=1.0, draft_tokens=8)
+    _, stats = Generator(without_step).generate("a", prompt, speculative, never, never)
+    assert stats.decode_forwards == stats.generated_tokens - 1
+    _, stats = Generator(nano).generate("a", prompt, speculative, never, never)
+    assert stats.decode_forwards < stats.generated_tokens - 1
