@@ -141,9 +141,7 @@ class Background:
         """The running anticipation, if it is for this document and cursor (the text around
         it included): it is no longer the background's to stop."""
         anticipation = self._anticipation
-        if anticipation is None or anticipation.job is not self._job:
-            return None
-        if (anticipation.job.uri, anticipation.cursor) != (uri, cursor):
+        if anticipation is None or (anticipation.job.uri, anticipation.cursor) != (uri, cursor):
             return None
         self._job = self._anticipation = None
         return anticipation
@@ -372,8 +370,7 @@ class CompletionPipeline:
             and document.language_id not in settings.disabled_languages
         ):
             return
-        line = document.position_at(offset, UTF8)[0]
-        cursor = self._with_snippets(cursor_at(document, offset), document, line, settings, folders)
+        cursor = self._cursor_after_edit(document, offset, settings, folders)
         if self.cache.lookup(document.uri, cursor)[0]:
             return
         job = self.background.start(document.uri, document.version)
@@ -403,8 +400,7 @@ class CompletionPipeline:
         folders: tuple[str, ...],
     ) -> None:
         """Start `work` for a cursor at `offset` of `document` as the background job."""
-        line = document.position_at(offset, UTF8)[0]
-        cursor = self._with_snippets(cursor_at(document, offset), document, line, settings, folders)
+        cursor = self._cursor_after_edit(document, offset, settings, folders)
         job = self.background.start(document.uri, document.version)
         self.background.run(work(job, cursor, settings))
 
@@ -425,6 +421,13 @@ class CompletionPipeline:
             return
         if await asyncio.wrap_future(self.engine.warm(job.uri, cursor, settings, job.cancel)):
             self.metrics.totals.warm_starts += 1
+
+    def _cursor_after_edit(
+        self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
+    ) -> Cursor:
+        """The cursor a request at `offset` will have (background work guesses it)."""
+        line = document.position_at(offset, UTF8)[0]
+        return self._with_snippets(cursor_at(document, offset), document, line, settings, folders)
 
     def _with_snippets(
         self,

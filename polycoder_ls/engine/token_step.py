@@ -80,6 +80,14 @@ class Family:
     fused_qkv: bool
 
 
+_SELF_ATTENTION = (
+    *_linear("self_attn.q_proj"),
+    *_linear("self_attn.k_proj"),
+    *_linear("self_attn.v_proj"),
+    *_linear("self_attn.o_proj"),
+)
+"""Llama's and Starcoder2's attention: separate query, key and value matrices, then the output."""
+
 _NEOX = Family(
     base="gpt_neox",
     final_norm="final_layer_norm",
@@ -106,10 +114,7 @@ _LLAMA = Family(
     attention="self_attn",
     tensors=(
         *_norm("input_layernorm", bias=False),
-        *_linear("self_attn.q_proj"),
-        *_linear("self_attn.k_proj"),
-        *_linear("self_attn.v_proj"),
-        *_linear("self_attn.o_proj"),
+        *_SELF_ATTENTION,
         *_norm("post_attention_layernorm", bias=False),
         *_linear("mlp.up_proj"),
         *_linear("mlp.gate_proj"),
@@ -126,10 +131,7 @@ _STARCODER2 = Family(
     attention="self_attn",
     tensors=(
         *_norm("input_layernorm", bias=True),
-        *_linear("self_attn.q_proj"),
-        *_linear("self_attn.k_proj"),
-        *_linear("self_attn.v_proj"),
-        *_linear("self_attn.o_proj"),
+        *_SELF_ATTENTION,
         *_norm("post_attention_layernorm", bias=True),
         *_linear("mlp.c_fc"),
         _absent,

@@ -290,26 +290,39 @@ def test_the_whole_model_decode_step_computes_what_transformers_computes(
     parallel_residual, rotary_share, attention_bias, bits, build
 ):
     plain = _neox(parallel_residual, rotary_share, attention_bias=attention_bias)
-    fast, kernels = _on_the_kernels(plain, bits, build)
+    fast = _decodes_as_transformers(plain, bits, build, greedy_steps=12)
     linears = [module for module in fast.modules() if isinstance(module, KernelLinear)]
     assert all((module.quantized is not None) == bool(bits) for module in linears)
+
+
+def _decodes_as_transformers(
+    plain: nn.Module, bits: int | None, build: str, greedy_steps: int, chunk: tuple[int, ...] = ()
+) -> nn.Module:
+    """Check the step of `plain` on the kernels (returned) against `plain` in transformers:
+    the logits of `greedy_steps` greedy tokens and then of `chunk` in one call, after a prompt
+    of 250 tokens (the cache grows past its first allocation, 256), and the caches."""
+    fast, kernels = _on_the_kernels(plain, bits, build)
     step = TokenStep.for_model(fast, kernels)
     assert step is not None
-    # 250 prompt tokens: the cache grows past its first allocation (256) while decoding.
     prompt = [1 + (i * 13) % 290 for i in range(250)]
     expected_cache, cache = _caches(plain, bits, len(prompt))
     with torch.inference_mode():
         expected = plain(input_ids=torch.tensor([prompt]), cache=expected_cache).logits[0, -1]
         fast(input_ids=torch.tensor([prompt]), cache=cache)
-        for _ in range(12):
+        for _ in range(greedy_steps):
             token = int(expected.argmax())
             expected = plain(input_ids=torch.tensor([[token]]), cache=expected_cache).logits[0, -1]
             assert step.applies(cache)
             _assert_close(step(token, cache), expected, bits)
-    assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 12
+        if chunk:
+            expected = plain(input_ids=torch.tensor([list(chunk)]), cache=expected_cache).logits[0]
+            _assert_close(step(list(chunk), cache), expected, bits)
+    length = len(prompt) + greedy_steps + len(chunk)
+    assert cache.get_seq_length() == expected_cache.get_seq_length() == length
     for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
         _assert_close(ours.keys, theirs.keys, bits)
         _assert_close(ours.values, theirs.values, bits)
+    return fast
 
 
 @pytest.mark.parametrize("bits", [None, 8, 4])
@@ -325,7 +338,7 @@ def test_the_step_feeds_several_tokens_as_transformers_feeds_them(bits, build):
         plain(input_ids=torch.tensor([prompt]), cache=expected_cache)
         fast(input_ids=torch.tensor([prompt]), cache=cache)
         for chunk in ([7], [9, 250, 3], [5 + i for i in range(9)], [11, 12]):
-            expected = plain(input_ids=torch.tensor([chunk]), cache=expected_cache).logits[0]
+            expected = plain(input_ids=torch.tensor([list(chunk)]), cache=expected_cache).logits[0]
             got = step(chunk, cache)
             assert got.shape == (len(chunk), 300)
             _assert_close(got, expected, bits)
@@ -391,27 +404,7 @@ def _llama_family(kind: str) -> nn.Module:
 @pytest.mark.parametrize("bits", [None, 8, 4])
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_step_computes_what_transformers_computes_for_the_llama_family(kind, bits, build):
-    plain = _llama_family(kind)
-    fast, kernels = _on_the_kernels(plain, bits, build)
-    step = TokenStep.for_model(fast, kernels)
-    assert step is not None
-    prompt = [1 + (i * 13) % 290 for i in range(250)]
-    expected_cache, cache = _caches(plain, bits, len(prompt))
-    with torch.inference_mode():
-        expected = plain(input_ids=torch.tensor([prompt]), cache=expected_cache).logits[0, -1]
-        fast(input_ids=torch.tensor([prompt]), cache=cache)
-        for _ in range(6):
-            token = int(expected.argmax())
-            expected = plain(input_ids=torch.tensor([[token]]), cache=expected_cache).logits[0, -1]
-            assert step.applies(cache)
-            _assert_close(step(token, cache), expected, bits)
-        chunk = [5, 9, 250, 3]
-        expected = plain(input_ids=torch.tensor([chunk]), cache=expected_cache).logits[0]
-        _assert_close(step(chunk, cache), expected, bits)
-    assert cache.get_seq_length() == expected_cache.get_seq_length() == len(prompt) + 10
-    for ours, theirs in zip(cache.layers, expected_cache.layers, strict=True):
-        _assert_close(ours.keys, theirs.keys, bits)
-        _assert_close(ours.values, theirs.values, bits)
+    _decodes_as_transformers(_llama_family(kind), bits, build, greedy_steps=6, chunk=(5, 9, 250, 3))
 
 
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():
