@@ -260,8 +260,9 @@ class Settings:
         default=True,
         metadata=_doc(
             "While a suggestion is shown and the model is idle, compute the one that follows "
-            "it once it is accepted, so that accepting answers at once. Any request or edit "
-            "stops it. In-process models only: a shared server's time is not spent on guesses.",
+            "it once it is accepted, so that accepting answers at once (accepted before it is "
+            "done, it goes on for the request). Any other request or edit stops it. In-process "
+            "models only: a shared server's time is not spent on guesses.",
             _bool,
         ),
     )
@@ -280,8 +281,9 @@ class Settings:
         metadata=_doc(
             "When a document is opened, or edited far from the last suggestion, feed the text "
             "before the end of the edit (the end of the document on open) to the model in the "
-            "background, so that the first suggestion there needs little prompt work. Any "
-            "request or edit stops it; what was fed is kept.",
+            "background, so that the first suggestion there needs little prompt work. A "
+            "request there lets it finish first; any other request or edit stops it; what was "
+            "fed is kept.",
             _bool,
         ),
     )

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -107,13 +107,16 @@ class Jobs:
 
 @dataclass(frozen=True)
 class Anticipation:
-    """A generation an edit started for the cursor after it, before any request."""
+    """A suggestion started before any request: for the cursor after an edit, or after a shown
+    suggestion once it is accepted (a prefetch)."""
 
     job: Job
     cursor: Cursor
     outcome: asyncio.Future[CompletionOutcome]
     cache: CompletionCache
     """The cache of the settings and model it runs under."""
+    prefetch: bool
+    """Started for the cursor after a shown suggestion (counted as prefetched when done)."""
 
 
 class Background:
@@ -124,33 +127,41 @@ class Background:
 
     def __init__(self) -> None:
         self._job: Job | None = None
+        self._cursor: Cursor | None = None
+        """The cursor the running job works for."""
         self._anticipation: Anticipation | None = None
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, uri: str, version: int) -> Job:
+    def start(self, uri: str, version: int, cursor: Cursor) -> Job:
+        """The job of background work for `cursor` (the one before it stopped)."""
         self.cancel()
-        self._job = Job(uri, version, next(self._numbers))
+        self._job, self._cursor = Job(uri, version, next(self._numbers)), cursor
         return self._job
 
     def anticipating(self, anticipation: Anticipation) -> None:
         """The running job (`anticipation.job`) is an anticipation."""
         self._anticipation = anticipation
 
+    def runs_for(self, uri: str, cursor: Cursor) -> bool:
+        """Whether the running job works for `cursor` of document `uri` (the text around it
+        included)."""
+        return self._job is not None and (self._job.uri, self._cursor) == (uri, cursor)
+
     def take_over(self, uri: str, cursor: Cursor) -> Anticipation | None:
-        """The running anticipation, if it is for this document and cursor (the text around
-        it included): it is no longer the background's to stop."""
+        """The running anticipation, if it is for `cursor`: it is no longer the background's
+        to stop."""
         anticipation = self._anticipation
-        if anticipation is None or (anticipation.job.uri, anticipation.cursor) != (uri, cursor):
+        if anticipation is None or not self.runs_for(uri, cursor):
             return None
-        self._job = self._anticipation = None
+        self._job = self._cursor = self._anticipation = None
         return anticipation
 
     def cancel(self) -> None:
         if self._job is not None:
             self._job.cancel.set()
             self._job = None
-        self._anticipation = None
+        self._cursor = self._anticipation = None
 
     def run(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` on the event loop; its task is kept until it ends."""
@@ -217,7 +228,8 @@ class CompletionPipeline:
         document = self.documents.get(uri)
         if settings is not None and document is not None:
             self._cursor_lines[uri] = document.position_at(len(document), UTF8)[0]
-            self._warm(document, len(document), settings, folders)
+            cursor = self._cursor_after_edit(document, len(document), settings, folders)
+            self._warm(document, cursor, settings)
 
     def change(
         self,
@@ -231,11 +243,12 @@ class CompletionPipeline:
         """Apply edits in order (positions out of range are clamped); False: not open. With
         `settings` whose `warmStart` is on, an edit more than JUMP_LINES lines from the last
         edit or request (the cursor jumped) warms the prompt for a cursor after it; with
-        `anticipate` on, a nearer one starts the suggestion for a cursor after it."""
+        `anticipate` on, a nearer one starts the suggestion for a cursor after it. Background
+        work for the cursor after the edit (accepting a suggestion whose follower is being
+        prefetched) goes on; any other stops."""
         document = self.documents.get(uri)
         if document is None:
             return False
-        self.background.cancel()
         self.jobs.cancel(uri)
         edited: tuple[int, int] | None = None
         """The last edit's line and the offset after its text."""
@@ -251,14 +264,20 @@ class CompletionPipeline:
                 self.neighbors.edited(uri, start_line)
                 edited = (start_line, start + len(change.text))
         document.version = version
-        if edited is not None and settings is not None:
-            line, offset = edited
-            jumped = abs(line - self._cursor_lines.get(uri, line)) > JUMP_LINES
-            self._cursor_lines[uri] = line
-            if jumped:
-                self._warm(document, offset, settings, folders)
-            else:
-                self._anticipate(document, offset, settings, folders)
+        if edited is None or settings is None:
+            self.background.cancel()
+            return True
+        line, offset = edited
+        jumped = abs(line - self._cursor_lines.get(uri, line)) > JUMP_LINES
+        self._cursor_lines[uri] = line
+        cursor = self._cursor_after_edit(document, offset, settings, folders)
+        if self.background.runs_for(uri, cursor):  # e.g. the prefetch of an accepted suggestion
+            return True
+        self.background.cancel()
+        if jumped:
+            self._warm(document, cursor, settings)
+        elif settings.anticipate:
+            self._suggest_ahead(document, cursor, settings, prefetch=False)
         return True
 
     def close(self, uri: str) -> None:
@@ -322,7 +341,8 @@ class CompletionPipeline:
             cursor_at(document, offset), document, position[0], settings, folders
         )
         anticipated = None if stale else self.background.take_over(uri, cursor)
-        self.background.cancel()
+        if stale or not self.background.runs_for(uri, cursor):  # a warm start it needs goes on
+            self.background.cancel()
         taken_over = None if anticipated is None else anticipated.job.cancel
         job = self.jobs.start(uri, document.version, taken_over)
         try:
@@ -353,68 +373,44 @@ class CompletionPipeline:
         settings: Settings,
         folders: tuple[str, ...],
     ) -> None:
-        """Compute and cache, in the background, the suggestion that follows `shown` at
-        `offset` once it is accepted."""
+        """Start the suggestion that follows `shown` at `offset` once it is accepted."""
         accepted = Document(document.uri, document.language_id, document.version, document.text)
         accepted.replace(offset, offset + shown.replaced_chars, shown.text)
-        self._in_background(self._fill_cache, accepted, offset + len(shown.text), settings, folders)
+        cursor = self._cursor_after_edit(accepted, offset + len(shown.text), settings, folders)
+        self._suggest_ahead(accepted, cursor, settings, prefetch=True)
 
-    def _anticipate(
-        self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
+    def _suggest_ahead(
+        self, document: Document, cursor: Cursor, settings: Settings, prefetch: bool
     ) -> None:
-        """Start the suggestion for a cursor at `offset`, for a request to take over."""
+        """Start the suggestion for `cursor` in the background: cached when done, taken over
+        by a request for that cursor before."""
         if not (
-            settings.anticipate
-            and self.engine.status.backend == "local"
+            self.engine.status.backend == "local"
             and self.engine.status.state == "ready"
             and document.language_id not in settings.disabled_languages
         ):
             return
-        cursor = self._cursor_after_edit(document, offset, settings, folders)
         if self.cache.lookup(document.uri, cursor)[0]:
             return
-        job = self.background.start(document.uri, document.version)
+        job = self.background.start(document.uri, document.version, cursor)
         outcome = asyncio.wrap_future(self.engine.complete(job.uri, cursor, settings, job.cancel))
-        anticipation = Anticipation(job, cursor, outcome, self.cache)
+        anticipation = Anticipation(job, cursor, outcome, self.cache, prefetch)
         self.background.anticipating(anticipation)
         self.background.run(self._keep(anticipation))
 
     async def _keep(self, anticipation: Anticipation) -> None:
         """Cache an anticipation's suggestion, unless it was stopped."""
         outcome = await asyncio.shield(anticipation.outcome)
-        if not (outcome.stats.cancelled or anticipation.job.cancelled):
-            anticipation.cache.store(anticipation.job.uri, anticipation.cursor, outcome.suggestion)
+        if outcome.stats.cancelled or anticipation.job.cancelled:
+            return
+        anticipation.cache.store(anticipation.job.uri, anticipation.cursor, outcome.suggestion)
+        self.metrics.totals.prefetched += anticipation.prefetch
 
-    def _warm(
-        self, document: Document, offset: int, settings: Settings, folders: tuple[str, ...]
-    ) -> None:
+    def _warm(self, document: Document, cursor: Cursor, settings: Settings) -> None:
+        """Feed the prompt for `cursor` to the model in the background."""
         if settings.warm_start and document.language_id not in settings.disabled_languages:
-            self._in_background(self._feed_prompt, document, offset, settings, folders)
-
-    def _in_background(
-        self,
-        work: Callable[[Job, Cursor, Settings], Coroutine[None, None, None]],
-        document: Document,
-        offset: int,
-        settings: Settings,
-        folders: tuple[str, ...],
-    ) -> None:
-        """Start `work` for a cursor at `offset` of `document` as the background job."""
-        cursor = self._cursor_after_edit(document, offset, settings, folders)
-        job = self.background.start(document.uri, document.version)
-        self.background.run(work(job, cursor, settings))
-
-    async def _fill_cache(self, job: Job, cursor: Cursor, settings: Settings) -> None:
-        if not await self._worth_starting(job, cursor):
-            return
-        cache = self.cache
-        outcome = await asyncio.wrap_future(
-            self.engine.complete(job.uri, cursor, settings, job.cancel)
-        )
-        if outcome.stats.cancelled or job.cancelled or cache is not self.cache:
-            return
-        cache.store(job.uri, cursor, outcome.suggestion)
-        self.metrics.totals.prefetched += 1
+            job = self.background.start(document.uri, document.version, cursor)
+            self.background.run(self._feed_prompt(job, cursor, settings))
 
     async def _feed_prompt(self, job: Job, cursor: Cursor, settings: Settings) -> None:
         if not await self._worth_starting(job, cursor):

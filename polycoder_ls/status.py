@@ -51,7 +51,8 @@ class Totals:
     warm_starts: int = 0
     """Prompts fed in the background after an open or a cursor jump, before any request."""
     anticipated: int = 0
-    """Requests answered by the generation an edit started before they arrived."""
+    """Requests answered by a generation started before they arrived: by their edit, or by a
+    prefetch still running when its suggestion was accepted."""
 
 
 @dataclass

@@ -389,6 +389,7 @@ async def test_an_anticipated_suggestion_finished_before_the_request_is_cached(p
     completion = await pipeline.complete(URI, (0, 5), UTF16, ANTICIPATING, 2)
     assert completion.suggestion.text == "2" and pipeline.metrics.last.cache_hit
     assert len(engine.calls) == 1
+    assert pipeline.metrics.totals.prefetched == 0, "it followed an edit, not a suggestion"
 
 
 @pytest.mark.parametrize("interruption", ["request elsewhere", "edit", "close", "stale request"])
@@ -447,3 +448,30 @@ async def test_no_anticipation_where_it_does_not_belong(pipeline, engine, why):
         typed(pipeline, 2, (line, 4), "1", settings)
     await asyncio.wait_for(pipeline.background.idle(), 10)
     assert len(engine.calls) == 1 and pipeline.metrics.totals.anticipated == 0
+
+
+async def test_accepting_while_the_prefetch_runs_takes_it_over(pipeline, engine):
+    await shown(pipeline, engine, "total = \nprint(total)\n", (0, 8), "price * count")
+    prefetch = engine.calls[1]
+    typed(pipeline, 2, (0, 8), "price * count", SETTINGS)  # Tab, before the prefetch is done
+    request = asyncio.ensure_future(pipeline.complete(URI, (0, 21), UTF16, SETTINGS))
+    await until(lambda: pipeline.metrics.totals.anticipated == 1)
+    assert not prefetch.cancel.is_set() and len(engine.calls) == 2
+    prefetch.answer("  # the bill")
+    assert (await asyncio.wait_for(request, 10)).suggestion.text == "  # the bill"
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.prefetched == 1
+
+
+async def test_a_request_at_the_warm_starts_cursor_lets_it_finish_first(pipeline, engine):
+    text = "x = 1\ny = "
+    pipeline.open(URI, "python", 1, text, BACKGROUND)
+    await until(lambda: engine.warms)
+    request = await started(pipeline, (1, 4))
+    assert not engine.warms[0].cancel.is_set(), "the request needs the prompt it feeds"
+    assert engine.calls[-1].cursor == engine.warms[0].cursor
+    engine.warms[0].future.set_result(True)
+    engine.calls[-1].answer("2")
+    assert (await request).suggestion.text == "2"
+    await asyncio.wait_for(pipeline.background.idle(), 10)
+    assert pipeline.metrics.totals.warm_starts == 1
