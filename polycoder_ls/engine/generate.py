@@ -75,6 +75,8 @@ class PromptLookup:
 class _KeptState:
     token_ids: list[int]
     cache: DynamicCache
+    logits: torch.Tensor | None = None
+    """The logits after all of token_ids, where a prefill ahead of a request left them."""
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -122,12 +124,14 @@ class Generator:
 
     def _take_state(self, key: str, prompt: list[int], new_tokens: int) -> _KeptState:
         """The document's cache cropped to its common prefix with `prompt` (at least one
-        prompt token is left to feed, for the logits)."""
+        prompt token is left to feed, for the logits, unless they were kept with it)."""
         kept = self._kept.pop(key, None)
         if kept is None:
             layers = self.loaded.model.config.get_text_config().num_hidden_layers
             capacity = len(prompt) + new_tokens
             return _KeptState([], preallocated_cache(layers, capacity, self.loaded.kv_storage))
+        if kept.token_ids == prompt and kept.logits is not None:
+            return kept
         keep = min(_common_prefix_length(kept.token_ids, prompt), len(prompt) - 1)
         kept.cache.crop(keep - kept.cache.get_seq_length())
         return _KeptState(kept.token_ids[:keep], kept.cache)
@@ -146,6 +150,7 @@ class Generator:
         self, state: _KeptState, token_ids: list[int], every_position: bool = False
     ) -> torch.Tensor:
         """The logits after `token_ids` (with `every_position`: after each of them)."""
+        state.logits = None
         try:
             logits = self._logits(state.cache, token_ids, every_position)
         except _Cancelled:
@@ -210,11 +215,11 @@ class Generator:
 
     def _prefill(self, state: _KeptState, prompt: list[int]) -> torch.Tensor:
         """Feed the prompt tokens the cache lacks, in chunks, checking for a cancel."""
-        logits = None
+        logits = state.logits
         for start in range(len(state.token_ids), len(prompt), PREFILL_CHUNK_TOKENS):
             self._check_cancel()
             logits = self._forward(state, prompt[start : start + PREFILL_CHUNK_TOKENS])
-        assert logits is not None, "_take_state leaves at least one prompt token to feed"
+        assert logits is not None, "_take_state leaves a token to feed or the logits after all"
         return logits
 
     def prefill(
@@ -226,7 +231,7 @@ class Generator:
         self._cancelled = cancelled
         try:
             with torch.inference_mode():
-                self._prefill(state, prompt)
+                state.logits = self._prefill(state, prompt)
             fed = True
         except _Cancelled:
             fed = False

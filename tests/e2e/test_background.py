@@ -38,7 +38,7 @@ async def test_an_opened_document_is_fed_to_the_model_before_it_is_asked(editor,
     await editor.wait_for_status(lambda status: status["totals"]["warmStarts"] == 1)
     warm = await editor.texts(URI, *end_of(LONG_TEXT))
     last = (await editor.status())["last"]
-    assert last["promptTokens"] > 512 and last["reusedTokens"] == last["promptTokens"] - 1
+    assert last["promptTokens"] > 512 and last["reusedTokens"] == last["promptTokens"]
     editor.configure({"model": str(tiny_model), "maxNewTokens": 12, "warmStart": False})
     await editor.wait_for_state("ready")
     editor.close(URI)  # else its text would be a snippet in the prompt

@@ -94,7 +94,10 @@ def test_a_warm_start_feeds_the_prompt_ahead_and_changes_no_text(loaded):
     generator = Generator(loaded)
     assert generator.prefill("doc", prompt, GREEDY.max_new_tokens, never)
     text, warm = generator.generate("doc", prompt, GREEDY, never, never)
-    assert text == cold_text and warm.reused_tokens == len(prompt) - 1
+    assert text == cold_text
+    assert warm.reused_tokens == len(prompt), "its logits were kept: nothing is fed again"
+    again, stats = generator.generate("doc", prompt, GREEDY, never, never)
+    assert again == cold_text and stats.reused_tokens == len(prompt) - 1, "only once"
 
 
 def test_a_stopped_warm_start_keeps_what_it_fed(loaded):
