@@ -148,14 +148,16 @@ class Background:
         included)."""
         return self._job is not None and (self._job.uri, self._cursor) == (uri, cursor)
 
-    def take_over(self, uri: str, cursor: Cursor) -> Anticipation | None:
-        """The running anticipation, if it is for `cursor`: it is no longer the background's
-        to stop."""
-        anticipation = self._anticipation
-        if anticipation is None or not self.runs_for(uri, cursor):
+    def take_over(self, uri: str, cursor: Cursor) -> tuple[Job, Anticipation | None] | None:
+        """The running job and its anticipation (None for a warm start), if it works for
+        `cursor`: a request for it takes it over, and it is no longer the background's to
+        stop."""
+        if not self.runs_for(uri, cursor):
             return None
+        assert self._job is not None
+        taken = self._job, self._anticipation
         self._job = self._cursor = self._anticipation = None
-        return anticipation
+        return taken
 
     def cancel(self) -> None:
         if self._job is not None:
@@ -340,11 +342,11 @@ class CompletionPipeline:
         cursor = self._with_snippets(
             cursor_at(document, offset), document, position[0], settings, folders
         )
-        anticipated = None if stale else self.background.take_over(uri, cursor)
-        if stale or not self.background.runs_for(uri, cursor):  # a warm start it needs goes on
-            self.background.cancel()
-        taken_over = None if anticipated is None else anticipated.job.cancel
-        job = self.jobs.start(uri, document.version, taken_over)
+        taken = None if stale else self.background.take_over(uri, cursor)
+        self.background.cancel()
+        # The request owns what it took over: stopping the request stops it.
+        job = self.jobs.start(uri, document.version, None if taken is None else taken[0].cancel)
+        anticipated = None if taken is None else taken[1]
         try:
             if stale:
                 log.debug("request for %s v%d arrived before an edit: dropped", uri, version)

@@ -475,3 +475,17 @@ async def test_a_request_at_the_warm_starts_cursor_lets_it_finish_first(pipeline
     assert (await request).suggestion.text == "2"
     await asyncio.wait_for(pipeline.background.idle(), 10)
     assert pipeline.metrics.totals.warm_starts == 1
+
+
+async def test_cancelling_the_request_at_the_warm_starts_cursor_stops_the_warm_start(
+    pipeline, engine
+):
+    pipeline.open(URI, "python", 1, "x = 1\ny = ", BACKGROUND)
+    await until(lambda: engine.warms)
+    request = await started(pipeline, (1, 4))
+    request.cancel()  # $/cancelRequest
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert engine.warms[0].cancel.is_set() and engine.calls[-1].cancel.is_set()
+    engine.warms[0].future.set_result(False)
+    await asyncio.wait_for(pipeline.background.idle(), 10)
