@@ -121,9 +121,9 @@ class Anticipation:
 
 class Background:
     """The one piece of work done before it is asked for: an anticipation, a prefetch or a
-    warm start. Every request, edit, open, close or model load stops it first (a request for
-    an anticipation's own cursor takes it over instead), so it never delays what a user waits
-    for by more than one decode step."""
+    warm start. Every request, edit, open, close or model load stops it first, so it never
+    delays what a user waits for by more than one decode step; but a request for the cursor it
+    works for takes it over, and an edit that leaves the cursor there lets it go on."""
 
     def __init__(self) -> None:
         self._job: Job | None = None
