@@ -513,7 +513,7 @@ void pcls_attend(const float *query, const float *keys, const float *values, flo
     }
 }
 
-/* GPT-NeoX's rotary embedding of x[dim] in place on its first rotary_dim values:
+/* The rotary embedding (GPT-NeoX's and Llama's) of x[dim] in place on its first rotary_dim values:
  * x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[half:rotary_dim], x[:half]). */
 static void rotate(float *x, const float *cos, const float *sin, int64_t rotary_dim) {
     int64_t half = rotary_dim / 2;
