@@ -143,10 +143,14 @@ class Background:
         """The running job (`anticipation.job`) is an anticipation."""
         self._anticipation = anticipation
 
+    def works_on(self, uri: str) -> bool:
+        """Whether a job runs for document `uri`."""
+        return self._job is not None and self._job.uri == uri
+
     def runs_for(self, uri: str, cursor: Cursor) -> bool:
         """Whether the running job works for `cursor` of document `uri` (the text around it
         included)."""
-        return self._job is not None and (self._job.uri, self._cursor) == (uri, cursor)
+        return self.works_on(uri) and self._cursor == cursor
 
     def take_over(self, uri: str, cursor: Cursor) -> tuple[Job, Anticipation | None] | None:
         """The running job and its anticipation (None for a warm start), if it works for
@@ -272,13 +276,17 @@ class CompletionPipeline:
         line, offset = edited
         jumped = abs(line - self._cursor_lines.get(uri, line)) > JUMP_LINES
         self._cursor_lines[uri] = line
+        anticipates = not jumped and settings.anticipate and self._works_ahead(document, settings)
+        if not (jumped or anticipates or self.background.works_on(uri)):
+            self.background.cancel()  # no cursor to build on this keystroke
+            return True
         cursor = self._cursor_after_edit(document, offset, settings, folders)
         if self.background.runs_for(uri, cursor):  # e.g. the prefetch of an accepted suggestion
             return True
         self.background.cancel()
         if jumped:
             self._warm(document, cursor, settings)
-        elif settings.anticipate:
+        elif anticipates:
             self._suggest_ahead(document, cursor, settings, prefetch=False)
         return True
 
@@ -386,19 +394,22 @@ class CompletionPipeline:
     ) -> None:
         """Start the suggestion for `cursor` in the background: cached when done, taken over
         by a request for that cursor before."""
-        if not (
-            self.engine.status.backend == "local"
-            and self.engine.status.state == "ready"
-            and document.language_id not in settings.disabled_languages
-        ):
-            return
-        if self.cache.lookup(document.uri, cursor)[0]:
+        if not self._works_ahead(document, settings) or self.cache.lookup(document.uri, cursor)[0]:
             return
         job = self.background.start(document.uri, document.version, cursor)
         outcome = asyncio.wrap_future(self.engine.complete(job.uri, cursor, settings, job.cancel))
         anticipation = Anticipation(job, cursor, outcome, self.cache, prefetch)
         self.background.anticipating(anticipation)
         self.background.run(self._keep(anticipation))
+
+    def _works_ahead(self, document: Document, settings: Settings) -> bool:
+        """Whether suggestions for `document` may be computed before they are asked for: an
+        in-process model, ready, and the document's language not disabled."""
+        return (
+            self.engine.status.backend == "local"
+            and self.engine.status.state == "ready"
+            and document.language_id not in settings.disabled_languages
+        )
 
     async def _keep(self, anticipation: Anticipation) -> None:
         """Cache an anticipation's suggestion, unless it was stopped."""
