@@ -21,9 +21,11 @@ import torch
 from transformers import DynamicCache
 
 from ..engine_state import GenerationStats
+from .graph_step import GraphStep
 from .healing import pending_text
 from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
 from .loading import LoadedModel
+from .token_step import TokenStep
 
 PREFILL_CHUNK_TOKENS = 256
 STEP_TOKENS = 9
@@ -127,14 +129,20 @@ class Generator:
         prompt token is left to feed, for the logits, unless they were kept with it)."""
         kept = self._kept.pop(key, None)
         if kept is None:
-            layers = self.loaded.model.config.get_text_config().num_hidden_layers
-            capacity = len(prompt) + new_tokens
-            return _KeptState([], preallocated_cache(layers, capacity, self.loaded.kv_storage))
+            return _KeptState([], self._new_cache(len(prompt) + new_tokens))
         if kept.token_ids == prompt and kept.logits is not None:
             return kept
         keep = min(_common_prefix_length(kept.token_ids, prompt), len(prompt) - 1)
         kept.cache.crop(keep - kept.cache.get_seq_length())
         return _KeptState(kept.token_ids[:keep], kept.cache)
+
+    def _new_cache(self, tokens: int) -> DynamicCache:
+        """An empty cache with room for `tokens`, laid out as the decode step needs."""
+        layers = self.loaded.model.config.get_text_config().num_hidden_layers
+        step = self.loaded.token_step
+        if isinstance(step, GraphStep):
+            return step.new_cache(layers, tokens)
+        return preallocated_cache(layers, tokens, self.loaded.kv_storage)
 
     def _keep_state(self, key: str, state: _KeptState) -> None:
         """Keep `state` as the most recent; evict the least recently used beyond the limits."""
@@ -204,7 +212,7 @@ class Generator:
         with `every_position`, [len(token_ids), vocab]: after each of them."""
         step = self.loaded.token_step
         if step is not None and self._step_computes(cache, len(token_ids)):
-            logits = step(token_ids, cache)
+            logits = self._whole_step(step, token_ids, cache)
             return logits if every_position else logits[-1]
         inputs = torch.tensor([token_ids], device=self.loaded.device)
         keep = 0 if every_position else 1
@@ -212,6 +220,17 @@ class Generator:
             input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=keep
         )
         return output.logits[0] if every_position else output.logits[0, -1]
+
+    def _whole_step(
+        self, step: TokenStep | GraphStep, token_ids: list[int], cache: DynamicCache
+    ) -> torch.Tensor:
+        """`step` on `token_ids`, uninterrupted: a cancel lands after it (a step runs as one
+        call or one graph; a capture that a cancel broke would be lost)."""
+        cancelled, self._cancelled = self._cancelled, _never
+        try:
+            return step(token_ids, cache)
+        finally:
+            self._cancelled = cancelled
 
     def _prefill(self, state: _KeptState, prompt: list[int]) -> torch.Tensor:
         """Feed the prompt tokens the cache lacks, in chunks, checking for a cancel."""

@@ -24,12 +24,17 @@ def _round_up(tokens: int) -> int:
 class PreallocatedLayer(DynamicLayer):
     """One layer's keys and values in a buffer of `[batch, heads, capacity, head_dim]`, stored
     as the model computes them or as `storage` (float16: half the bytes for a decode step to
-    read; torch's attention then gets float32 copies)."""
+    read; torch's attention then gets float32 copies). `zeroed`: rows not written yet hold
+    zeros, not whatever the memory held (a step that attends over masked rows needs them finite:
+    NaN times a zero weight is NaN)."""
 
-    def __init__(self, capacity: int, storage: torch.dtype | None = None) -> None:
+    def __init__(
+        self, capacity: int, storage: torch.dtype | None = None, zeroed: bool = False
+    ) -> None:
         super().__init__()
         self.capacity = capacity
         self.storage = storage
+        self.zeroed = zeroed
         self.length = 0
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
@@ -43,8 +48,9 @@ class PreallocatedLayer(DynamicLayer):
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         batch, heads, _, key_dim = keys.shape
         dtype = self.storage or keys.dtype
-        key_buffer = keys.new_empty(batch, heads, capacity, key_dim, dtype=dtype)
-        value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1], dtype=dtype)
+        make = keys.new_zeros if self.zeroed else keys.new_empty
+        key_buffer = make(batch, heads, capacity, key_dim, dtype=dtype)
+        value_buffer = make(batch, heads, capacity, values.shape[-1], dtype=dtype)
         if self._key_buffer is not None and self._value_buffer is not None:
             key_buffer[..., : self.length, :] = self._key_buffer[..., : self.length, :]
             value_buffer[..., : self.length, :] = self._value_buffer[..., : self.length, :]
@@ -71,6 +77,12 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         keys, values = self._expose()
         return keys.to(key_states.dtype), values.to(value_states.dtype)
+
+    @property
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole key and value buffers, `[batch, heads, capacity, dim]`, filled or not."""
+        assert self._key_buffer is not None and self._value_buffer is not None
+        return self._key_buffer, self._value_buffer
 
     @property
     def stored_dtype(self) -> torch.dtype | None:
@@ -119,12 +131,12 @@ class PreallocatedLayer(DynamicLayer):
 
 
 def preallocated_cache(
-    num_layers: int, capacity: int, storage: torch.dtype | None = None
+    num_layers: int, capacity: int, storage: torch.dtype | None = None, zeroed: bool = False
 ) -> DynamicCache:
     """A DynamicCache whose layers grow in place, sized for `capacity` tokens to start with,
-    stored as `storage` (None: as computed)."""
+    stored as `storage` (None: as computed), zero-filled where `zeroed`."""
     cache = DynamicCache()
-    cache.layers = [PreallocatedLayer(capacity, storage) for _ in range(num_layers)]
+    cache.layers = [PreallocatedLayer(capacity, storage, zeroed) for _ in range(num_layers)]
     return cache
 
 

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..engine_state import resolve_model
 from ..fim import FimFormat, FimTokens, resolve
 from .cpu_kernels import use_cpu_kernels
+from .graph_step import GraphStep
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
 from .token_step import TokenStep
@@ -45,8 +46,9 @@ class LoadedModel:
     eos_id: int | None
     special_ids: frozenset[int] = frozenset()
     """End-of-text, padding, separator...: text never continues past one of them."""
-    token_step: TokenStep | None = None
-    """A whole decode step in one call of the CPU kernels, where the model allows one."""
+    token_step: TokenStep | GraphStep | None = None
+    """A whole decode step in one call: of the CPU kernels where the model allows one, of a
+    CUDA graph on a GPU."""
     notices: tuple[str, ...] = ()
     """Settings that could not be honoured, and what was done instead."""
     bos_id: int | None = None
@@ -116,6 +118,12 @@ def local_directory(source: str) -> str:
     return snapshot
 
 
+def _config(directory: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+
+
 def _from_pretrained(directory: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and model from a local directory: loading never touches the network."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,10 +138,11 @@ def _from_pretrained(directory: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def pick_device(setting: str) -> tuple[str, str | None]:
-    """The device to run on, and a notice when the setting cannot be honoured here."""
+    """The device to run on, and a notice when the setting cannot be honoured here (or leaves
+    GPUs unused: a model runs on one)."""
     if setting == "auto":
         if torch.cuda.is_available():
-            return "cuda", None
+            return "cuda", other_gpus_notice(torch.cuda.device_count())
         if torch.backends.mps.is_available():
             return "mps", None
         return "cpu", None
@@ -143,6 +152,70 @@ def pick_device(setting: str) -> tuple[str, str | None]:
     if missing:
         return "cpu", f"device '{setting}' is not available here; running on the CPU"
     return setting, None
+
+
+def other_gpus_notice(count: int) -> str | None:
+    if count < 2:
+        return None
+    return (
+        f"{count} GPUs here: the model runs on cuda:0 alone "
+        "(set device to cuda:N for another; a model is never split across GPUs)"
+    )
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What a model takes on a device: its weights, and one document's KV cache at the full
+    context (a GPU decode step's cache is allocated whole)."""
+
+    weight_bytes: int
+    kv_bytes: int
+    context: int
+
+    @property
+    def total(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+    @classmethod
+    def of(cls, config: Any, dtype: torch.dtype, context: int) -> MemoryNeed:
+        """From the configuration alone (the model is built on the meta device: no memory)."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        size = torch.empty((), dtype=dtype).element_size()
+        weights = sum(parameter.numel() for parameter in skeleton.parameters()) * size
+        text = config.get_text_config()
+        heads = text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv = 2 * text.num_hidden_layers * context * kv_heads * head_dim * size
+        return cls(weights, kv, context)
+
+
+GPU_HEADROOM_BYTES = 512 * 1024 * 1024
+"""Room left beside the weights and the cache: activations, graphs' pools, cuBLAS workspaces."""
+
+
+def gpu_fit_notice(name: str, need: MemoryNeed, device: str, free: int, total: int) -> str | None:
+    """None when `need` fits in the `free` bytes of `device`, else why the model runs on the CPU."""
+    if need.total + GPU_HEADROOM_BYTES <= free:
+        return None
+    gib = 1024**3
+    return (
+        f"model '{name}' needs {need.total / gib:.1f} GiB on {device} (weights "
+        f"{need.weight_bytes / gib:.1f} GiB, KV cache of {need.context} tokens "
+        f"{need.kv_bytes / gib:.1f} GiB) and {GPU_HEADROOM_BYTES / gib:.1f} GiB of headroom; "
+        f"{device} has {free / gib:.1f} GiB free of {total / gib:.1f}: running on the CPU"
+    )
+
+
+def gpu_fit(name: str, config: Any, settings: Settings, device: str) -> str | None:
+    """gpu_fit_notice for a model of `config` on CUDA `device`, from its free memory now."""
+    dtype = pick_dtype(settings.dtype, device)
+    need = MemoryNeed.of(config, dtype, graph_capacity(settings, config))
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return gpu_fit_notice(name, need, device, free, total)
 
 
 def _cuda_device_exists(setting: str) -> bool:
@@ -191,8 +264,12 @@ def load_model(settings: Settings) -> LoadedModel:
     source = resolve_model(settings.model)
     directory = local_directory(source)
     device, device_notice = pick_device(settings.device)
-    dtype = pick_dtype(settings.dtype, device)
     notices: tuple[str, ...] = () if device_notice is None else (device_notice,)
+    if device.startswith("cuda") and (
+        too_big := gpu_fit(source, _config(directory), settings, device)
+    ):
+        device, notices = "cpu", (*notices, too_big)
+    dtype = pick_dtype(settings.dtype, device)
     if settings.dtype in {"int8", "int4"} and device != "cpu":
         notices += (f"dtype {settings.dtype} runs on the CPU only: {device} uses float16",)
     use_threads(settings, device)
@@ -200,11 +277,19 @@ def load_model(settings: Settings) -> LoadedModel:
     try:
         tokenizer, model = _from_pretrained(directory, dtype)
         model.to(device).eval()
+    except torch.cuda.OutOfMemoryError as error:
+        raise ModelLoadError(
+            f"model '{source}' does not fit on {device}: {first_line(str(error))} "
+            "(set device to cpu, or free the GPU)"
+        ) from error
     except Exception as error:  # from_pretrained raises many types (OSError, ValueError, ...)
         raise ModelLoadError(f"cannot load model '{source}': {first_line(str(error))}") from error
-    token_step, bits = None, QUANTIZED_BITS.get(settings.dtype) if device == "cpu" else None
+    token_step: TokenStep | GraphStep | None = None
+    bits = QUANTIZED_BITS.get(settings.dtype) if device == "cpu" else None
     kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
-    if kernels is not None:
+    if device.startswith("cuda"):
+        token_step = GraphStep.for_model(model, graph_capacity(settings, model.config))
+    elif kernels is not None:
         token_step = TokenStep.for_model(model, kernels)
     elif bits is not None:
         if settings.dtype != "auto":
@@ -226,6 +311,12 @@ def load_model(settings: Settings) -> LoadedModel:
         quantized_bits=bits,
         kv_storage=torch.float16 if bits is not None and token_step is not None else None,
     )
+
+
+def graph_capacity(settings: Settings, config: Any) -> int:
+    """The cache rows a GPU decode step's graphs cover: the context window in use."""
+    limit = _max_positions(config)
+    return settings.context_tokens if limit is None else min(settings.context_tokens, limit)
 
 
 def load_tokenizer(settings: Settings) -> LoadedModel:
@@ -260,7 +351,7 @@ def _loaded(
     model: Any,
     device: str,
     dtype: torch.dtype = torch.float32,
-    token_step: TokenStep | None = None,
+    token_step: TokenStep | GraphStep | None = None,
     notices: tuple[str, ...] = (),
     quantized_bits: int | None = None,
     kv_storage: torch.dtype | None = None,
