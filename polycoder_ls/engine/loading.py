@@ -18,7 +18,7 @@ from .cpu_kernels import use_cpu_kernels
 from .graph_step import GraphStep
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
-from .token_step import TokenStep
+from .token_step import TokenStep, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +314,10 @@ def load_model(settings: Settings) -> LoadedModel:
 
 
 def graph_capacity(settings: Settings, config: Any) -> int:
-    """The cache rows a GPU decode step's graphs cover: the context window in use."""
-    limit = _max_positions(config)
-    return settings.context_tokens if limit is None else min(settings.context_tokens, limit)
+    """The cache rows a GPU decode step's graphs cover: the context window in use, and no more
+    than a sliding window (their mask hides only the rows after the new token)."""
+    limits = [settings.context_tokens, _max_positions(config), sliding_window(config)]
+    return min(limit for limit in limits if limit is not None)
 
 
 def load_tokenizer(settings: Settings) -> LoadedModel:

@@ -163,7 +163,8 @@ def _layer_pointers(tensors: list[Any]) -> list[int | None]:
     return pointers + scales
 
 
-def _sliding_window(config: Any) -> int | None:
+def sliding_window(config: Any) -> int | None:
+    """The tokens each attends back over, where the model limits them."""
     if not getattr(config, "use_sliding_window", True):
         return None
     return getattr(config, "sliding_window", None)
@@ -187,7 +188,7 @@ class TokenStep:
         head = model.get_output_embeddings()
         self._head = (getattr(head, "decode_weight", head.weight), head.bias)
         self._final_norm = getattr(self.base, family.final_norm)
-        self.window = _sliding_window(config)
+        self.window = sliding_window(config)
         """Tokens a token attends to at most (None: all before it): the step attends to all."""
         attention = getattr(self.layers[0], family.attention)
         norm = self.layers[0].input_layernorm

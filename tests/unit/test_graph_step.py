@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+)
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.generate import DecodeParams, Generator
@@ -85,7 +92,7 @@ def test_steps_across_bucket_edges_give_the_logits_of_a_plain_forward(tiny_model
     assert step.captures == 2  # one per bucket, each replayed for its steps
 
 
-def test_a_llama_model_steps_with_grouped_query_attention():
+def llama() -> torch.nn.Module:
     config = LlamaConfig(
         vocab_size=300,
         hidden_size=64,
@@ -95,8 +102,17 @@ def test_a_llama_model_steps_with_grouped_query_attention():
         num_key_value_heads=2,
         max_position_embeddings=1024,
     )
+    return LlamaForCausalLM(config)
+
+
+def gpt2() -> torch.nn.Module:
+    return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4))
+
+
+@pytest.mark.parametrize("family", [llama, gpt2], ids=["llama-gqa", "gpt2"])
+def test_other_families_step_through_the_same_view_of_the_cache(family):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = family().eval()
     step = GraphStep(model, CAPACITY, eager_capture)
     ids = random_ids(40, 300, seed=1)
     logits, _ = step_logits(step, model, ids, prefill=30)
@@ -188,6 +204,12 @@ def test_graphs_cover_the_context_window_in_use(tiny_model: Path):
     config = plain_model(tiny_model).config
     assert graph_capacity(Settings(context_tokens=1024), config) == 1024
     assert graph_capacity(Settings(context_tokens=8192), config) == 2048
+    windowed = Qwen2Config(
+        max_position_embeddings=16384, sliding_window=4096, use_sliding_window=True
+    )
+    assert graph_capacity(Settings(context_tokens=8192), windowed) == 4096
+    windowed.use_sliding_window = False
+    assert graph_capacity(Settings(context_tokens=8192), windowed) == 8192
 
 
 def test_the_memory_need_counts_the_weights_and_a_whole_context_of_cache(tiny_model: Path):
