@@ -247,12 +247,13 @@ class Settings:
     draft_tokens: int = field(
         default=2,
         metadata=_doc(
-            "Speculative decoding by prompt lookup (greedy only): where the last tokens occurred "
-            "earlier in the prompt, up to this many of the tokens that followed are checked in "
-            "the same forward pass as the new token, and kept while greedy decoding agrees "
-            "(the text stays the same). Only where the whole-model CPU step runs, which "
-            "computes each token of a forward exactly as alone. 0: off. More than 2 costs more "
-            "than it keeps (BENCHMARKS.md).",
+            "Speculative decoding by prompt lookup: where the last tokens occurred earlier in "
+            "the prompt, up to this many of the tokens that followed are checked in the same "
+            "forward pass as the new token, and kept while greedy decoding agrees (the text "
+            "stays the same); with a temperature, each is kept with the probability the model "
+            "gives it (speculative sampling: the text is distributed as without drafts). Only "
+            "where the whole-model CPU step runs, which computes each token of a forward "
+            "exactly as alone. 0: off. More than 2 costs more than it keeps (BENCHMARKS.md).",
             _int_at_least(0),
         ),
     )

@@ -4,9 +4,12 @@ Runs only on the inference worker thread. Each document keeps the token ids and 
 of its last prompt; a new prompt keeps the longest common token-id prefix and feeds only
 the rest. The cancel check runs between prefill chunks and between decode steps.
 
-Greedy decoding may speculate (prompt lookup): where the last tokens occurred earlier in the
-prompt or the text so far, the tokens that followed them there are fed with the new token in
-one forward pass, and kept as far as they are what greedy decoding would have chosen.
+Decoding may speculate (prompt lookup): where the last tokens occurred earlier in the prompt or
+the text so far, the tokens that followed them there are fed with the new token in one forward
+pass. Greedy decoding keeps them as far as they are what it would have chosen; sampling keeps
+each with the probability the model gives it and, at the first it rejects, draws from the
+model's distribution without it (speculative sampling with a draft that is certain of its
+tokens): each token is distributed exactly as without drafts.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class DecodeParams:
     top_p: float
     draft_tokens: int = 0
     """Prompt-lookup speculation: at most this many drafted tokens checked per forward pass
-    (greedy decoding only; 0: off)."""
+    (0: off)."""
 
 
 LOOKUP_NGRAM = 3
@@ -89,15 +92,37 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return length
 
 
-def _choose(logits: torch.Tensor, params: DecodeParams) -> int:
-    if params.temperature <= 0:
-        return int(torch.argmax(logits))
+def _nucleus(logits: torch.Tensor, params: DecodeParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens by probability (temperature applied), and their probabilities with those
+    outside the top-p nucleus set to 0 (not renormalised)."""
     probabilities = torch.softmax(logits.float() / params.temperature, dim=-1)
     sorted_probabilities, order = torch.sort(probabilities, descending=True)
     outside_nucleus = (
         torch.cumsum(sorted_probabilities, dim=-1) - sorted_probabilities > params.top_p
     )
     sorted_probabilities[outside_nucleus] = 0.0
+    return sorted_probabilities, order
+
+
+def _choose(logits: torch.Tensor, params: DecodeParams) -> int:
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    sorted_probabilities, order = _nucleus(logits, params)
+    return int(order[torch.multinomial(sorted_probabilities, 1)])
+
+
+def _verify(logits: torch.Tensor, drafted: int, params: DecodeParams) -> int:
+    """The token decoding chooses after `logits` where `drafted` was drafted: greedy, the
+    argmax; sampling, `drafted` with the probability p(drafted) the model gives it, else a token
+    drawn from p without it. Each token t comes out with probability p(t), as from _choose."""
+    if params.temperature <= 0 or drafted >= logits.shape[-1]:
+        return _choose(logits, params)
+    sorted_probabilities, order = _nucleus(logits, params)
+    rank = int((order == drafted).nonzero()[0])
+    kept = sorted_probabilities[rank] / sorted_probabilities.sum()
+    if float(torch.rand(())) < float(kept):
+        return drafted
+    sorted_probabilities[rank] = 0.0
     return int(order[torch.multinomial(sorted_probabilities, 1)])
 
 
@@ -168,21 +193,33 @@ class Generator:
         return logits[..., : self.loaded.vocab_limit]
 
     def _decode_step(
-        self, state: _KeptState, token: int, lookup: PromptLookup | None, draft_limit: int
-    ) -> list[torch.Tensor]:
+        self,
+        state: _KeptState,
+        token: int,
+        lookup: PromptLookup | None,
+        draft_limit: int,
+        params: DecodeParams,
+    ) -> list[tuple[torch.Tensor, int | None]]:
         """The logits after `token`; with a draft from `lookup`, also those after each drafted
-        token that greedy decoding chooses in turn (the rest leave the cache)."""
+        token that decoding keeps (_verify), each with the token chosen after it where a draft
+        decided it (the rest of the draft leaves the cache)."""
         draft = lookup.draft(draft_limit) if lookup is not None and draft_limit > 0 else []
         if not draft or not self._step_computes(state.cache, 1 + len(draft)):
-            return [self._forward(state, [token])]
+            return [(self._forward(state, [token]), None)]
         rows = self._forward(state, [token, *draft], every_position=True)
-        accepted = 0
-        while accepted < len(draft) and int(torch.argmax(rows[accepted])) == draft[accepted]:
-            accepted += 1
+        choices: list[tuple[torch.Tensor, int | None]] = []
+        for row, drafted in zip(rows, draft, strict=False):
+            chosen = _verify(row, drafted, params)
+            choices.append((row, chosen))
+            if chosen != drafted:
+                break
+        else:
+            choices.append((rows[len(draft)], None))
+        accepted = len(choices) - 1
         kept = len(state.token_ids) - (len(draft) - accepted)
         truncate_cache(state.cache, kept)
         del state.token_ids[kept:]
-        return list(rows[: accepted + 1])
+        return choices
 
     def _constrained(self, logits: torch.Tensor, required_start: str, text: str) -> torch.Tensor:
         """`logits` with only the tokens that go on spelling `required_start` left."""
@@ -278,17 +315,19 @@ class Generator:
         generated: list[int] = []
         text, was_cancelled, prefilled, forwards = "", False, started, 0
         text_of = self.loaded.text_after(prompt)
-        speculate = params.draft_tokens > 0 and params.temperature <= 0
-        lookup = PromptLookup(prompt) if speculate else None
-        verified: list[torch.Tensor] = []
-        """Logits already computed for the next tokens (accepted drafts)."""
+        lookup = PromptLookup(prompt) if params.draft_tokens > 0 else None
+        verified: list[tuple[torch.Tensor, int | None]] = []
+        """Logits already computed for the next tokens (kept drafts), each with the token
+        chosen after it where a draft decided it."""
         self._cancelled = cancelled
         try:
             with torch.inference_mode():
-                logits = self._prefill(state, prompt)
+                logits, chosen = self._prefill(state, prompt), None
                 prefilled = time.perf_counter()
                 while (
-                    token := _choose(self._constrained(logits, required_start, text), params)
+                    token := chosen
+                    if chosen is not None
+                    else _choose(self._constrained(logits, required_start, text), params)
                 ) not in self.loaded.special_ids:
                     generated.append(token)
                     text = text_of(generated)
@@ -301,9 +340,9 @@ class Generator:
                         drafting = lookup if not pending_text(required_start, text) else None
                         room = params.max_new_tokens - len(generated) - 1
                         limit = min(params.draft_tokens, room)
-                        verified = self._decode_step(state, token, drafting, limit)
+                        verified = self._decode_step(state, token, drafting, limit, params)
                         forwards += 1
-                    logits = verified.pop(0)
+                    logits, chosen = verified.pop(0)
         except _Cancelled:
             was_cancelled = True
         finally:

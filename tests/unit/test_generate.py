@@ -12,7 +12,13 @@ from reference import ReferenceModel, as_quantized_server
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.cpu_kernels import BF16_MIN_ROWS
-from polycoder_ls.engine.generate import DecodeParams, Generator, PromptLookup, _choose
+from polycoder_ls.engine.generate import (
+    DecodeParams,
+    Generator,
+    PromptLookup,
+    _choose,
+    _verify,
+)
 from polycoder_ls.engine.loading import LoadedModel, load_model
 from polycoder_ls.engine_state import NANO_DIRECTORY
 
@@ -242,17 +248,55 @@ def test_a_speculative_generation_leaves_the_cache_as_its_tokens(nano):
     assert again == stepping.generate("doc", longer, plain, never, never)[0]
 
 
-def test_sampling_never_speculates(nano):
+@pytest.mark.parametrize("drafted", [0, 2, 4])
+def test_a_verified_draft_comes_out_as_often_as_the_model_samples_it(drafted):
+    # Nucleus 0.9 of these logits keeps tokens 0-3 (4 is outside it): each token's frequency
+    # over many verifications of `drafted` must be the truncated distribution's, drafted or not.
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, -1.0])
+    params = DecodeParams(1, temperature=1.0, top_p=0.9)
+    probabilities = torch.softmax(logits, dim=-1)
+    probabilities[4] = 0.0
+    expected = probabilities / probabilities.sum()
+    torch.manual_seed(0)
+    draws = 20000
+    counts = torch.bincount(
+        torch.tensor([_verify(logits, drafted, params) for _ in range(draws)]), minlength=5
+    )
+    observed = counts.double() / draws
+    tolerance = 4 * torch.sqrt(expected.double() * (1 - expected.double()) / draws) + 1e-9
+    assert torch.all((observed - expected.double()).abs() <= tolerance), (observed, expected)
+
+
+def test_a_greedy_verification_is_the_argmax_whatever_was_drafted():
+    logits = torch.tensor([0.1, 3.0, 0.2])
+    greedy = DecodeParams(1, temperature=0.0, top_p=1.0)
+    assert [_verify(logits, drafted, greedy) for drafted in range(3)] == [1, 1, 1]
+
+
+def test_sampling_speculates_and_keeps_the_cache_as_its_tokens(nano):
     prompt = nano.tokenize(CODE)[0]
-    for seed in range(3):
-        texts = []
-        for draft_tokens in (8, 0):
-            sampled = DecodeParams(16, temperature=0.8, top_p=0.95, draft_tokens=draft_tokens)
-            torch.manual_seed(seed)
-            text, stats = Generator(nano).generate("a", prompt, sampled, never, never)
-            assert stats.decode_forwards == stats.generated_tokens - 1
-            texts.append(text)
-        assert texts[0] == texts[1]
+    # Nearly greedy: speculative sampling must then keep the greedy text, drafts and all.
+    cold = DecodeParams(24, temperature=1e-4, top_p=1.0, draft_tokens=8)
+    greedy = DecodeParams(24, temperature=0.0, top_p=1.0)
+    torch.manual_seed(0)
+    text, stats = Generator(nano).generate("a", prompt, cold, never, never)
+    assert stats.decode_forwards < stats.generated_tokens - 1, "drafts were kept"
+    assert text == Generator(nano).generate("a", prompt, greedy, never, never)[0]
+    # Warm: drafts are checked and some rejected; the cache holds exactly the tokens chosen.
+    sampling = Generator(nano)
+    warm = DecodeParams(24, temperature=0.8, top_p=0.95, draft_tokens=8)
+    forwards = tokens = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        text, stats = sampling.generate(f"doc{seed}", prompt, warm, never, never)
+        forwards, tokens = forwards + stats.decode_forwards, tokens + stats.generated_tokens - 1
+        kept = sampling._kept[f"doc{seed}"]
+        assert kept.cache.get_seq_length() == len(kept.token_ids)
+        assert kept.token_ids[: len(prompt)] == prompt
+        fed = kept.token_ids[len(prompt) :]
+        assert len(fed) == stats.generated_tokens - 1
+        assert text.startswith(nano.decode(fed))
+    assert forwards < tokens, "drafts were kept while sampling"
 
 
 def test_no_speculation_where_the_whole_model_step_does_not_compute(nano):
