@@ -218,6 +218,14 @@ def gpu_fit(name: str, config: Any, settings: Settings, device: str) -> str | No
     return gpu_fit_notice(name, need, device, free, total)
 
 
+def _gpu_too_small(source: str, directory: str, settings: Settings, device: str) -> str | None:
+    try:
+        config = _config(directory)
+    except Exception:  # from_pretrained then says what is wrong with the directory
+        return None
+    return gpu_fit(source, config, settings, device)
+
+
 def _cuda_device_exists(setting: str) -> bool:
     if not torch.cuda.is_available():
         return False
@@ -323,7 +331,7 @@ def graph_capacity(settings: Settings, config: Any) -> int:
 def load_tokenizer(settings: Settings) -> LoadedModel:
     """Only the tokenizer and configuration of `settings.model` (a remote server holds the
     weights): what the prompt, the allowed ids and the decoded text need."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = resolve_model(settings.model)
     directory = local_directory(source)
@@ -331,9 +339,7 @@ def load_tokenizer(settings: Settings) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(
             directory, trust_remote_code=False, local_files_only=True
         )
-        config = AutoConfig.from_pretrained(
-            directory, trust_remote_code=False, local_files_only=True
-        )
+        config = _config(directory)
     except Exception as error:
         raise ModelLoadError(
             f"cannot load the tokenizer of '{source}': {first_line(str(error))}"
