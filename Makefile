@@ -140,9 +140,9 @@ GPU_PYTHON_VERSION ?= 3.12
 GPU_PACKAGES := transformers==5.25.0 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 \
   pygls==2.1.1 lsprotocol==2025.0.0 cattrs==26.2.1 attrs==26.1.0 cachetools==8.0.2 pygments tqdm \
   pytest==9.2.0 pytest-asyncio==1.5.0 pytest-lsp==1.0.1
-gpu-wheels: venv
+gpu-wheels:
 	rm -rf .whl
-	$(BIN)/python -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	$(PYTHON) -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
 	  --platform any -d .whl $(GPU_PACKAGES)
