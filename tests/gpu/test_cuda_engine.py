@@ -76,10 +76,11 @@ def test_replayed_steps_give_the_logits_of_eager_forwards_across_buckets(tiny_mo
     assert step.captures == 2  # the 256-row bucket, then the 512-row one
 
 
-def test_a_cancel_stops_the_gpu_generation_and_keeps_the_cache_exact(slow_model):
-    loaded = load(slow_model, "float16")
+def test_a_cancel_stops_the_gpu_generation_and_keeps_the_cache_exact():
+    # nano: a trained model's greedy text has no near-ties for float16 rounding to flip
+    loaded = load(NANO_DIRECTORY, "float16")
     generator = Generator(loaded)
-    prompt = [3 + (i * 7919) % (loaded.vocab_limit - 3) for i in range(1500)]
+    prompt = loaded.tokenize(Path(__file__).read_text() * 4)[0][-1500:]
     long = DecodeParams(max_new_tokens=400, temperature=0.0, top_p=1.0)
     cancel = threading.Event()
     tokens_seen = threading.Event()
