@@ -185,15 +185,18 @@ async def test_a_finished_suggestion_closes_the_stream(editor, remote_model, vll
     await editor.start(remote_settings(remote_model, vllm, multiline="always", maxNewTokens=limit))
     editor.open(URI, SOURCE)
     aborted_before = vllm.aborted_requests()
+    made: list[tuple[int, float]] = []
     for offset in line_ends(SOURCE, 8):
         generated = vllm.metric("vllm:generation_tokens_total")
         await editor.inline(URI, *position(SOURCE, offset))
         assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 60.0)
         ours = (await editor.status())["last"]["generatedTokens"]
-        theirs = vllm.metric("vllm:generation_tokens_total") - generated
-        # Some tokens are made while the server notices the closed connection (more on a
-        # busy machine), never the rest.
-        assert ours < limit and theirs < limit, f"at offset {offset}: {theirs} for our {ours}"
+        assert ours < limit
+        made.append((ours, vllm.metric("vllm:generation_tokens_total") - generated))
+    # Some tokens are made while the server notices the closed connection. On a busy machine
+    # it can notice only after the last of a tiny model's tokens, but not for most streams.
+    stopped = [theirs for _, theirs in made if theirs < limit]
+    assert len(stopped) > len(made) / 2, f"(ours, theirs) per stream: {made}"
     assert vllm.aborted_requests() > aborted_before, "no suggestion ended before the server did"
 
 
