@@ -149,10 +149,11 @@ class GraphStep:
         ):
             return False
         stored = {(layer.length, layer.capacity, layer.sequences) for layer in layers}
-        if len(stored) != 1:
-            return False
-        length, capacity, sequences = stored.pop()
-        return sequences == 1 and bucket_for(length, min(capacity, self.capacity)) is not None
+        return len(stored) == 1 and layers[0].sequences == 1 and self._bucket(layers[0]) is not None
+
+    def _bucket(self, layer: PreallocatedLayer) -> int | None:
+        """The rows a step after `layer`'s tokens attends over (bucket_for within the graphs')."""
+        return bucket_for(layer.length, min(layer.capacity, self.capacity))
 
     def __call__(self, tokens: int | list[int], cache: DynamicCache) -> torch.Tensor:
         """The logits [vocab] after one token ([1, vocab] for a list of one), whose keys and
@@ -160,11 +161,10 @@ class GraphStep:
         ids = [tokens] if isinstance(tokens, int) else tokens
         assert len(ids) == 1, "a graph step feeds one token"
         layers = [layer for layer in cache.layers if isinstance(layer, PreallocatedLayer)]
-        length = layers[0].length
-        bucket = bucket_for(length, min(layers[0].capacity, self.capacity))
+        bucket = self._bucket(layers[0])
         assert bucket is not None
         self._token.fill_(ids[0])
-        self._position.fill_(length)
+        self._position.fill_(layers[0].length)
         graph = self._graph(layers, bucket)
         if graph is None:
             return self._eager(tokens, cache)
