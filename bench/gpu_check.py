@@ -100,7 +100,8 @@ def copy_bandwidth_gbps(gib: int = 4, repeats: int = 10) -> float:
 
 def run_tests(budget_s: float) -> dict[str, Any]:
     """pytest on CUDA; the counts from its summary line, and the failures' names."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *TESTS]
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rf"]
+    command += ["--durations=8", *TESTS]
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -197,6 +198,7 @@ def measure_engine(
         "graphsVsFloor": round(graph_ms / floor_ms, 2),
         "eagerVsGraphs": round(eager_ms / graph_ms, 2),
         "graphCaptures": getattr(step, "captures", None),
+        "graphSlots": getattr(step, "slots", None),
         "cancelToStopMs": {
             "p50": _percentile(stops, 0.5),
             "max": round(max(stops), 2) if stops else None,
@@ -278,7 +280,12 @@ async def measure_server(model: Path, device: str, trials: int) -> dict[str, Any
             "min": round(min(latencies), 2),
             "n": len(latencies),
         },
-        "serverLatencyMs": {"p50": _percentile([last["latencyMs"] for last in lasts], 0.5)},
+        **{
+            f"server{name[0].upper()}{name[1:]}": {
+                "p50": _percentile([last[name] for last in lasts], 0.5)
+            }
+            for name in ("latencyMs", "prefillMs", "decodeMs", "decodeForwards")
+        },
         "generatedTokens": {"p50": _percentile(generated, 0.5), "min": min(generated)},
         "promptTokens": {"p50": _percentile([last["promptTokens"] for last in lasts], 0.5)},
         "reusedTokens": {"p50": _percentile([last["reusedTokens"] or 0 for last in lasts], 0.5)},

@@ -26,7 +26,13 @@ from transformers import DynamicCache
 from ..engine_state import GenerationStats
 from .graph_step import GraphStep
 from .healing import pending_text
-from .kv_cache import cache_nbytes, preallocated_cache, truncate_cache
+from .kv_cache import (
+    KEPT_CACHES_BUDGET_BYTES,
+    KEPT_DOCUMENT_CACHES,
+    cache_nbytes,
+    preallocated_cache,
+    truncate_cache,
+)
 from .loading import LoadedModel
 from .token_step import TokenStep
 
@@ -34,8 +40,6 @@ PREFILL_CHUNK_TOKENS = 256
 STEP_TOKENS = 9
 """At most this many new tokens go through the CPU kernels' whole-model step in one call (one
 token and 8 drafted ones; a cancel waits for the call), more through transformers' forward."""
-KEPT_DOCUMENT_CACHES = 4
-KEPT_CACHES_BUDGET_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -315,7 +319,9 @@ class Generator:
         generated: list[int] = []
         text, was_cancelled, prefilled, forwards = "", False, started, 0
         text_of = self.loaded.text_after(prompt)
-        lookup = PromptLookup(prompt) if params.draft_tokens > 0 else None
+        step = self.loaded.token_step
+        drafts = params.draft_tokens > 0 and step is not None and step.verifies_drafts
+        lookup = PromptLookup(prompt) if drafts else None
         verified: list[tuple[torch.Tensor, int | None]] = []
         """Logits already computed for the next tokens (kept drafts), each with the token
         chosen after it where a draft decided it."""

@@ -15,9 +15,14 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 GROWTH_STEP_TOKENS = 256
+KEPT_DOCUMENT_CACHES = 4
+KEPT_CACHES_BUDGET_BYTES = 1024 * 1024 * 1024
+"""A generator keeps the caches of the most recently used documents, at most this many and
+(beyond the newest) this many bytes."""
 
 
-def _round_up(tokens: int) -> int:
+def allocated_rows(tokens: int) -> int:
+    """The rows a layer allocates for `tokens`: whole growth steps."""
     return -(-tokens // GROWTH_STEP_TOKENS) * GROWTH_STEP_TOKENS
 
 
@@ -39,10 +44,23 @@ class PreallocatedLayer(DynamicLayer):
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
 
+    @classmethod
+    def over(cls, keys: torch.Tensor, values: torch.Tensor) -> PreallocatedLayer:
+        """An empty layer over buffers allocated before (`[batch, heads, capacity, dim]`),
+        zero-filled now."""
+        keys.zero_()
+        values.zero_()
+        layer = cls(keys.shape[2], keys.dtype, zeroed=True)
+        layer.device = keys.device
+        layer._key_buffer, layer._value_buffer = keys, values
+        layer.is_initialized = True
+        layer._expose()
+        return layer
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         self.length = 0
-        self._allocate(key_states, value_states, _round_up(max(self.capacity, 1)))
+        self._allocate(key_states, value_states, allocated_rows(max(self.capacity, 1)))
         self.is_initialized = True
 
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
@@ -70,7 +88,7 @@ class PreallocatedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
-            self._allocate(key_states, value_states, _round_up(max(end, 2 * self.capacity)))
+            self._allocate(key_states, value_states, allocated_rows(max(end, 2 * self.capacity)))
         assert self._key_buffer is not None and self._value_buffer is not None
         self._key_buffer[..., self.length : end, :] = key_states
         self._value_buffer[..., self.length : end, :] = value_states
@@ -100,7 +118,7 @@ class PreallocatedLayer(DynamicLayer):
         the caller must write."""
         if self.length + count > self.capacity:
             assert self._key_buffer is not None and self._value_buffer is not None
-            capacity = _round_up(max(self.length + count, 2 * self.capacity))
+            capacity = allocated_rows(max(self.length + count, 2 * self.capacity))
             self._allocate(self._key_buffer, self._value_buffer, capacity)
         self.length += count
         keys, values = self._expose()
@@ -144,6 +162,13 @@ def truncate_cache(cache: DynamicCache, length: int) -> None:
     for layer in cache.layers:
         if isinstance(layer, PreallocatedLayer):
             layer.truncate(length)
+
+
+def most_caches_alive(cache_bytes: int) -> int:
+    """The most document caches of `cache_bytes` each that a generator holds at once: those it
+    keeps, and a new document's, filled before the least recently used is let go."""
+    kept = min(KEPT_DOCUMENT_CACHES, KEPT_CACHES_BUDGET_BYTES // max(1, cache_bytes))
+    return max(1, kept) + 1
 
 
 def cache_nbytes(cache: DynamicCache) -> int:

@@ -18,6 +18,7 @@ from .cpu_kernels import use_cpu_kernels
 from .graph_step import GraphStep
 from .healing import REPLACEMENT_CHARACTER, TokenTexts
 from .hub import cached_snapshot, first_line
+from .kv_cache import allocated_rows, most_caches_alive
 from .token_step import TokenStep, sliding_window
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,14 @@ def other_gpus_notice(count: int) -> str | None:
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """What a model takes on a device: its weights, and one document's KV cache at the full
-    context (a GPU decode step's cache is allocated whole)."""
+    """What a model takes on a device: its weights, and the KV caches of the documents a
+    generator can hold at once, each for the full context (a GPU's are allocated at load)."""
 
     weight_bytes: int
     kv_bytes: int
+    """All the documents' caches."""
     context: int
+    documents: int = 1
 
     @property
     def total(self) -> int:
@@ -189,8 +192,9 @@ class MemoryNeed:
         heads = text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        kv = 2 * text.num_hidden_layers * context * kv_heads * head_dim * size
-        return cls(weights, kv, context)
+        one = 2 * text.num_hidden_layers * allocated_rows(context) * kv_heads * head_dim * size
+        documents = most_caches_alive(one)
+        return cls(weights, documents * one, context, documents)
 
 
 GPU_HEADROOM_BYTES = 512 * 1024 * 1024
@@ -204,8 +208,9 @@ def gpu_fit_notice(name: str, need: MemoryNeed, device: str, free: int, total: i
     gib = 1024**3
     return (
         f"model '{name}' needs {need.total / gib:.1f} GiB on {device} (weights "
-        f"{need.weight_bytes / gib:.1f} GiB, KV cache of {need.context} tokens "
-        f"{need.kv_bytes / gib:.1f} GiB) and {GPU_HEADROOM_BYTES / gib:.1f} GiB of headroom; "
+        f"{need.weight_bytes / gib:.1f} GiB, KV caches of {need.documents} x {need.context} "
+        f"tokens {need.kv_bytes / gib:.1f} GiB) and {GPU_HEADROOM_BYTES / gib:.1f} GiB of "
+        f"headroom; "
         f"{device} has {free / gib:.1f} GiB free of {total / gib:.1f}: running on the CPU"
     )
 
@@ -296,7 +301,9 @@ def load_model(settings: Settings) -> LoadedModel:
     bits = QUANTIZED_BITS.get(settings.dtype) if device == "cpu" else None
     kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
     if device.startswith("cuda"):
-        token_step = GraphStep.for_model(model, graph_capacity(settings, model.config))
+        capacity = graph_capacity(settings, model.config)
+        need = MemoryNeed.of(model.config, dtype, capacity)
+        token_step = GraphStep.for_model(model, capacity, need.documents)
     elif kernels is not None:
         token_step = TokenStep.for_model(model, kernels)
     elif bits is not None:

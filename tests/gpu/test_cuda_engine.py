@@ -65,6 +65,8 @@ def test_replayed_steps_give_the_logits_of_eager_forwards_across_buckets(tiny_mo
     step = loaded.token_step
     model = loaded.model
     ids = torch.randint(1, loaded.vocab_limit, (262,), generator=torch.Generator().manual_seed(0))
+    recorded = step.captures
+    assert recorded == 4 * step.slots  # 256, 512, 1024 and 2048 rows, when it loaded
     cache = step.new_cache(model.config.num_hidden_layers, 262)
     with torch.inference_mode():
         full = model(input_ids=ids[None].cuda()).logits[0].float()
@@ -73,7 +75,21 @@ def test_replayed_steps_give_the_logits_of_eager_forwards_across_buckets(tiny_mo
             logits = step(int(ids[position]), cache).float()
             difference = (logits - full[position]).abs().max().item()
             assert difference <= TOLERANCE[dtype], (position, difference)
-    assert step.captures == 2  # the 256-row bucket, then the 512-row one
+    assert step.captures == recorded, "a step never waits for a recording"
+
+
+def test_documents_after_the_load_decode_without_a_recording():
+    loaded = load(NANO_DIRECTORY, "float16")
+    step = loaded.token_step
+    recorded = step.captures
+    generator = Generator(loaded)
+    params = DecodeParams(max_new_tokens=16, temperature=0.0, top_p=1.0)
+    for index, text in enumerate(PROMPTS * 3):
+        prompt = loaded.tokenize(text * (1 + 40 * index))[0][-1900:]
+        replays = step.replays
+        _, stats = generator.generate(f"doc{index}", prompt, params, lambda _: False, bool)
+        assert step.replays - replays >= stats.generated_tokens - 1, "decoded from graphs"
+    assert step.captures == recorded
 
 
 def test_a_cancel_stops_the_gpu_generation_and_keeps_the_cache_exact():

@@ -21,7 +21,8 @@ from transformers import (
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.generate import DecodeParams, Generator
-from polycoder_ls.engine.graph_step import GraphStep, bucket_for, eager_capture
+from polycoder_ls.engine.graph_step import FED_TOKENS, GraphStep, bucket_for, buckets, eager_capture
+from polycoder_ls.engine.kv_cache import most_caches_alive, preallocated_cache
 from polycoder_ls.engine.loading import (
     MemoryNeed,
     gpu_fit_notice,
@@ -49,6 +50,12 @@ CAPACITY = 512
 )
 def test_a_bucket_is_the_smallest_power_of_two_that_holds_the_new_token(length, capacity, bucket):
     assert bucket_for(length, capacity) == bucket
+
+
+def test_the_buckets_recorded_are_every_bucket_a_cache_can_need():
+    for capacity in (64, 256, 400, 2048):
+        needed = {bucket_for(length, capacity) for length in range(capacity)}
+        assert buckets(capacity) == sorted(needed)
 
 
 def plain_model(directory: Path) -> torch.nn.Module:
@@ -81,6 +88,7 @@ def random_ids(count: int, vocab: int, seed: int = 0) -> list[int]:
 def test_steps_across_bucket_edges_give_the_logits_of_a_plain_forward(tiny_model: Path):
     model = plain_model(tiny_model)
     step = GraphStep(model, CAPACITY, eager_capture)
+    assert step.captures == 2 * 2  # each slot's 256- and 512-row buckets, when it is made
     ids = random_ids(262, 900)
     # tokens at rows 250..261: the 256-row bucket, then 512 from row 256 on
     logits, cache = step_logits(step, model, ids, prefill=250)
@@ -89,7 +97,21 @@ def test_steps_across_bucket_edges_give_the_logits_of_a_plain_forward(tiny_model
     assert torch.allclose(logits[:-1], expected[1:], atol=1e-4)
     assert torch.allclose(logits[-1], reference_logits(model, ids)[-1], atol=1e-4)
     assert cache.get_seq_length() == len(ids)
-    assert step.captures == 2  # one per bucket, each replayed for its steps
+    assert step.captures == 4, "a request never waits for a recording"
+
+
+def test_a_few_tokens_are_fed_one_replay_each(tiny_model: Path):
+    model = plain_model(tiny_model)
+    step = GraphStep(model, CAPACITY, eager_capture)
+    ids = random_ids(40, 900, seed=5)
+    cache = step.new_cache(model.config.num_hidden_layers, 40)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids[:36]]), cache=cache, use_cache=True)
+        assert step.applies(cache, FED_TOKENS) and not step.applies(cache, FED_TOKENS + 1)
+        logits = step(ids[36:], cache)
+    assert logits.shape[0] == 4
+    assert torch.allclose(logits, reference_logits(model, ids)[36:], atol=1e-4)
+    assert cache.get_seq_length() == 40
 
 
 def llama() -> torch.nn.Module:
@@ -120,7 +142,7 @@ def test_other_families_step_through_the_same_view_of_the_cache(family):
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
-def test_each_document_cache_replays_its_own_graph(tiny_model: Path):
+def test_each_document_cache_replays_its_own_slots_graphs(tiny_model: Path):
     model = plain_model(tiny_model)
     step = GraphStep(model, CAPACITY, eager_capture)
     first, second = random_ids(20, 900, seed=2), random_ids(20, 900, seed=3)
@@ -132,52 +154,64 @@ def test_each_document_cache_replays_its_own_graph(tiny_model: Path):
             model(input_ids=torch.tensor([ids[:10]]), cache=cache, use_cache=True)
         for position in range(10, 20):
             for index, ids in enumerate((first, second)):
+                assert step.applies(caches[index], 1)
                 rows[index].append(step(ids[position], caches[index]))
     for ids, got in zip((first, second), rows, strict=True):
         assert torch.allclose(torch.stack(got), reference_logits(model, ids)[10:], atol=1e-4)
-    assert step.captures == 2
 
 
-def test_a_step_needs_one_token_after_a_zero_filled_cache_with_room(tiny_model: Path):
+def test_a_slot_is_lent_again_zero_filled_once_its_cache_is_gone(tiny_model: Path):
+    model = plain_model(tiny_model)
+    step = GraphStep(model, CAPACITY, eager_capture, slots=1)
+    layers = model.config.num_hidden_layers
+    ids = random_ids(30, 900, seed=6)
+    cache = step.new_cache(layers, 30)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        beside = step.new_cache(layers, 30)
+        model(input_ids=torch.tensor([ids[:-1]]), cache=beside, use_cache=True)
+        assert step.applies(cache, 1) and not step.applies(beside, 1), "one slot, held"
+        keys = cache.layers[0].buffers[0]
+        del cache
+        again = step.new_cache(layers, 30)
+        assert again.layers[0].buffers[0] is keys and not keys.any()
+        model(input_ids=torch.tensor([ids[:-1]]), cache=again, use_cache=True)
+        assert torch.allclose(step(ids[-1], again), reference_logits(model, ids)[-1], atol=1e-4)
+
+
+def test_a_generator_holds_no_more_caches_than_the_gpu_makes_slots_for():
+    gib = 1024**3
+    assert most_caches_alive(gib) == 2  # a 2.7B model's 2048 tokens: one kept, one new
+    assert most_caches_alive(75 * 1024**2) == 5  # 160M: four kept, one new
+    assert most_caches_alive(3 * gib) == 2
+
+
+def test_a_step_needs_a_few_tokens_after_a_slots_cache_with_room(tiny_model: Path):
     model = plain_model(tiny_model)
     step = GraphStep(model, 64, eager_capture)
     layers = model.config.num_hidden_layers
     cache = step.new_cache(layers, 8)
     with torch.inference_mode():
-        model(input_ids=torch.tensor([random_ids(63, 900)]), cache=cache, use_cache=True)
-        assert not step.applies(cache, 2)
-        assert step.applies(cache, 1)
-        step(5, cache)
-        assert not step.applies(cache, 1), "a 65th row does not fit the graphs' 64"
-        unzeroed = GraphStep(model, 64, eager_capture)
-        from polycoder_ls.engine.kv_cache import preallocated_cache
-
-        plain_cache = preallocated_cache(layers, 8)
+        model(input_ids=torch.tensor([random_ids(62, 900)]), cache=cache, use_cache=True)
+        assert not step.applies(cache, 3), "rows 63 and 64 fit the graphs' 64, a 65th does not"
+        assert step.applies(cache, 2)
+        step([5, 6], cache)
+        assert not step.applies(cache, 1)
+        plain_cache = preallocated_cache(layers, 8, zeroed=True)
         model(input_ids=torch.tensor([[1, 2, 3]]), cache=plain_cache, use_cache=True)
-        assert not unzeroed.applies(plain_cache, 1)
+        assert not step.applies(plain_cache, 1), "not a slot's buffers"
 
 
-def test_a_failed_capture_turns_the_step_off_and_still_gives_the_logits(tiny_model: Path):
-    model = plain_model(tiny_model)
-
-    def failing(_work):
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    step = GraphStep(model, CAPACITY, failing)
-    ids = random_ids(30, 900, seed=4)
-    cache = step.new_cache(model.config.num_hidden_layers, 30)
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([ids[:-1]]), cache=cache, use_cache=True)
-        logits = step(ids[-1], cache)
-    assert torch.allclose(logits, reference_logits(model, ids)[-1], atol=1e-4)
-    assert cache.get_seq_length() == len(ids)
-    assert not step.applies(cache, 1)
+def failing_capture(_work):
+    raise RuntimeError("operation not permitted when stream is capturing")
 
 
-def test_greedy_text_through_the_step_is_plain_generates(tiny_model: Path):
+@pytest.mark.parametrize("capture", [eager_capture, failing_capture], ids=["replays", "failed"])
+def test_greedy_text_through_the_step_is_plain_generates(tiny_model: Path, capture):
     loaded = load_model(Settings(model=str(tiny_model), threads=1, dtype="float32"))
     model = plain_model(tiny_model)
-    step = GraphStep(model, CAPACITY, eager_capture)
+    step = GraphStep(model, CAPACITY, capture)
+    assert step.enabled == (capture is eager_capture)
     loaded = replace(loaded, model=model, token_step=step)
     prompt = loaded.tokenize(Path(__file__).read_text())[0][:240]
     params = DecodeParams(max_new_tokens=24, temperature=0.0, top_p=1.0, draft_tokens=2)
@@ -197,7 +231,8 @@ def test_greedy_text_through_the_step_is_plain_generates(tiny_model: Path):
         )
     assert text == loaded.decode(output[0, len(prompt) :].tolist())
     assert stats.generated_tokens > 16  # crossed the 256-row bucket edge
-    assert step.captures == 2
+    assert step.captures == (4 if step.enabled else 0)
+    assert (step.replays > 0) == step.enabled
 
 
 def test_graphs_cover_the_context_window_in_use(tiny_model: Path):
@@ -212,30 +247,32 @@ def test_graphs_cover_the_context_window_in_use(tiny_model: Path):
     assert graph_capacity(Settings(context_tokens=8192), windowed) == 8192
 
 
-def test_the_memory_need_counts_the_weights_and_a_whole_context_of_cache(tiny_model: Path):
+def test_the_memory_need_counts_the_weights_and_each_documents_whole_context(tiny_model: Path):
     model = plain_model(tiny_model)
     need = MemoryNeed.of(model.config, torch.float16, 2048)
     assert need.weight_bytes == 2 * sum(parameter.numel() for parameter in model.parameters())
     hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
-    assert need.kv_bytes == 2 * layers * 2048 * hidden * 2
+    assert need.documents == 5  # a tiny cache: four kept and a new one
+    assert need.kv_bytes == 5 * 2 * layers * 2048 * hidden * 2
     llama = LlamaConfig(
         hidden_size=256, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=3
     )
-    assert MemoryNeed.of(llama, torch.bfloat16, 1000).kv_bytes == 2 * 3 * 1000 * 2 * 32 * 2
+    # 1000 tokens take 1024 rows (whole growth steps)
+    assert MemoryNeed.of(llama, torch.bfloat16, 1000).kv_bytes == 5 * 2 * 3 * 1024 * 2 * 32 * 2
 
 
 def test_a_model_too_big_for_the_gpu_runs_on_the_cpu_with_its_need_named():
     gib = 1024**3
-    need = MemoryNeed(weight_bytes=5 * gib + gib // 2, kv_bytes=gib // 2, context=2048)
+    need = MemoryNeed(weight_bytes=5 * gib + gib // 2, kv_bytes=gib, context=2048, documents=2)
     assert gpu_fit_notice("polycoder-2.7b", need, "cuda:0", free=80 * gib, total=80 * gib) is None
     notice = gpu_fit_notice("polycoder-2.7b", need, "cuda:1", free=4 * gib, total=8 * gib)
     assert notice == (
-        "model 'polycoder-2.7b' needs 6.0 GiB on cuda:1 (weights 5.5 GiB, KV cache of 2048 "
-        "tokens 0.5 GiB) and 0.5 GiB of headroom; cuda:1 has 4.0 GiB free of 8.0: running on "
+        "model 'polycoder-2.7b' needs 6.5 GiB on cuda:1 (weights 5.5 GiB, KV caches of 2 x 2048 "
+        "tokens 1.0 GiB) and 0.5 GiB of headroom; cuda:1 has 4.0 GiB free of 8.0: running on "
         "the CPU"
     )
-    # the headroom counts: 6 GiB of need does not fit in 6.2 GiB free
-    assert gpu_fit_notice("m", need, "cuda:0", free=6 * gib + gib // 5, total=8 * gib)
+    # the headroom counts: 6.5 GiB of need does not fit in 6.7 GiB free
+    assert gpu_fit_notice("m", need, "cuda:0", free=6 * gib + 7 * gib // 10, total=8 * gib)
 
 
 def test_several_gpus_are_named_and_the_one_in_use_said():
