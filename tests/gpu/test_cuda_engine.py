@@ -128,6 +128,8 @@ def test_a_model_larger_than_the_gpu_is_refused_with_its_need_named():
     huge = GPTNeoXConfig(hidden_size=16384, num_hidden_layers=256, num_attention_heads=128)
     notice = gpu_fit("huge", huge, Settings(dtype="float16"), "cuda:0")
     assert notice is not None and "running on the CPU" in notice
-    assert notice.startswith("model 'huge' needs 931.2 GiB on cuda:0")
+    assert notice.startswith(
+        "model 'huge' needs 963.2 GiB on cuda:0 (weights 899.2 GiB, KV caches of 2"
+    )
     small = GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
     assert gpu_fit("small", small, Settings(dtype="float16"), "cuda:0") is None
