@@ -203,6 +203,7 @@ def measure_engine(
             "p50": _percentile(stops, 0.5),
             "max": round(max(stops), 2) if stops else None,
             "n": len(stops),
+            "each": [round(ms, 2) for ms in stops],
         },
         "cancelToStopMinusStepMs": round(max(stops) - graph_ms, 2) if stops else None,
         "peakGpuMemoryGiB": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if gpu else None,

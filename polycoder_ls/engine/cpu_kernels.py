@@ -448,8 +448,9 @@ class KernelLinear(nn.Linear):
         if self.quantized is None:
             return functional.linear(hidden, self.weight, self.bias)
         if self.prefill_weight is not None and plain:
-            out = functional.linear(hidden.to(torch.bfloat16), self.prefill_weight).float()
-            return out if self.bias is None else out + self.bias
+            out = functional.linear(hidden.to(torch.bfloat16), self.prefill_weight)
+            # one pass to float32, the bias added in it (as .float() + bias, bit for bit)
+            return out.float() if self.bias is None else torch.add(self.bias, out)
         return functional.linear(hidden, self.quantized.dequantize().to(hidden), self.bias)
 
 
