@@ -188,13 +188,19 @@ class MemoryNeed:
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         size = torch.empty((), dtype=dtype).element_size()
         weights = sum(parameter.numel() for parameter in skeleton.parameters()) * size
-        text = config.get_text_config()
-        heads = text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        one = 2 * text.num_hidden_layers * allocated_rows(context) * kv_heads * head_dim * size
+        one = document_kv_bytes(config, dtype, context)
         documents = most_caches_alive(one)
         return cls(weights, documents * one, context, documents)
+
+
+def document_kv_bytes(config: Any, dtype: torch.dtype, context: int) -> int:
+    """One document's KV cache for `context` tokens (the rows a layer allocates for them)."""
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    size = torch.empty((), dtype=dtype).element_size()
+    return 2 * text.num_hidden_layers * allocated_rows(context) * kv_heads * head_dim * size
 
 
 GPU_HEADROOM_BYTES = 512 * 1024 * 1024
@@ -210,8 +216,7 @@ def gpu_fit_notice(name: str, need: MemoryNeed, device: str, free: int, total: i
         f"model '{name}' needs {need.total / gib:.1f} GiB on {device} (weights "
         f"{need.weight_bytes / gib:.1f} GiB, KV caches of {need.documents} x {need.context} "
         f"tokens {need.kv_bytes / gib:.1f} GiB) and {GPU_HEADROOM_BYTES / gib:.1f} GiB of "
-        f"headroom; "
-        f"{device} has {free / gib:.1f} GiB free of {total / gib:.1f}: running on the CPU"
+        f"headroom; {device} has {free / gib:.1f} GiB free of {total / gib:.1f}: running on the CPU"
     )
 
 
@@ -302,8 +307,8 @@ def load_model(settings: Settings) -> LoadedModel:
     kernels = use_cpu_kernels(model, bits) if device == "cpu" and dtype == torch.float32 else None
     if device.startswith("cuda"):
         capacity = graph_capacity(settings, model.config)
-        need = MemoryNeed.of(model.config, dtype, capacity)
-        token_step = GraphStep.for_model(model, capacity, need.documents)
+        slots = most_caches_alive(document_kv_bytes(model.config, dtype, capacity))
+        token_step = GraphStep.for_model(model, capacity, slots)
     elif kernels is not None:
         token_step = TokenStep.for_model(model, kernels)
     elif bits is not None:
