@@ -8,14 +8,14 @@
  *
  * A matrix is float32, or quantized in groups of GROUP consecutive weights of a row, each
  * group with a float16 scale (weight = value * scale): int8 values (like ggml's q8_0, a quarter
- * of float32's bytes) or 4-bit ones (like q4_0, an eighth: a group's 16 bytes hold value j + 8
- * in the low nibble of byte j and value j + 16 + 8 in its high nibble). `bits` says which: 0
- * (float32), 8 or 4. Cached keys and values are float32, or float16 (`half`), converted to
- * float32 in registers. A quantized matrix multiplies rows of
- * activations quantized the same way (int8 in groups of GROUP, a float32 scale each: the group's
- * largest magnitude / 127), in integers: 32 products a group summed exactly, then scaled (as
- * llama.cpp multiplies q8_0 and q4_0 weights). With AVX512-VNNI one instruction multiplies and
- * adds them (the build for such CPUs defines __AVX512VNNI__), else two (AVX2).
+ * of float32's bytes) or 4-bit ones (like q4_0, an eighth), stored unsigned and interleaved by
+ * blocks of 8 groups (BLOCK_GROUPS below). `bits` says which: 0 (float32), 8 or 4. Cached keys
+ * and values are float32, or float16 (`half`), converted to float32 in registers. A quantized
+ * matrix multiplies rows of activations quantized the same way (int8 in groups of GROUP, a
+ * float32 scale each: the group's largest magnitude / 127), in integers: 32 products a group
+ * summed exactly, then scaled (as llama.cpp multiplies q8_0 and q4_0 weights). With
+ * AVX512-VNNI one instruction multiplies and adds them (the build for such CPUs defines
+ * __AVX512VNNI__), else two (AVX2).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -52,20 +52,19 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 
 enum { GROUP = 32 };
 
-/* A group's 32 4-bit values + 8 (0..15) as bytes: values 0-15 (the low nibbles) first. */
-static inline __m256i nibbles32(const uint8_t *q) {
-    const __m128i packed = _mm_loadu_si128((const __m128i *)q);
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-}
+/* Quantized products work on blocks of BLOCK_GROUPS groups of a row, interleaved so that one
+ * vector of 32 bytes holds 4 consecutive values of each of the block's 8 groups: byte 4 i + j
+ * of a block's vector k is value 4 k + j of its group i. An integer multiply-add of such a
+ * vector of weights with one of activations leaves each group's partial sum in a lane of its
+ * own, so 8 of them give the block's 8 group sums in one register, scaled together (instead of
+ * scaling each group's 8 partial sums apart). A row's last block may have fewer groups (`lanes`);
+ * its vectors are lanes * 4 bytes. Weights are stored unsigned: int8 values + 128 in a byte;
+ * 4-bit values + 8 in nibbles, block chunk c's byte holding vector 2 c's value in its low
+ * nibble and vector 2 c + 1's in its high one. */
+enum { BLOCK_GROUPS = 8, BLOCK_VALUES = BLOCK_GROUPS * GROUP };
 
-/* 8 int32 sums of 4 products each of the bytes u (unsigned) and s (signed), |u * s| < 2^14. */
-static inline __m256i dot_unsigned(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
+static inline int64_t blocks_of(int64_t groups) {
+    return (groups + BLOCK_GROUPS - 1) / BLOCK_GROUPS;
 }
 
 /* Bytes of one group's values. */
@@ -73,30 +72,62 @@ static inline int64_t group_bytes(int bits) {
     return GROUP * bits / 8;
 }
 
-/* Activations quantized for a quantized matrix: int8 values, per group a float32 scale and
- * 8 * the sum of its values * its scale (what 4-bit weights stored + 8 add to a product). */
+/* With AVX512-VNNI, one instruction multiplies unsigned by signed bytes and adds 4 products to
+ * a 32-bit lane; with AVX2 two, whose 16-bit middle sums must not saturate: |u * s| < 2^14. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VNNI 1
+#else
+#define VNNI 0
+#endif
+
+static inline __m256i multiply_add_bytes(__m256i sums, __m256i u, __m256i s) {
+#if VNNI
+    return _mm256_dpbusd_epi32(sums, u, s);
+#else
+    return _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
+                                                    _mm256_set1_epi16(1)));
+#endif
+}
+
+/* What a stored weight exceeds its value by, as the products see it: int8 weights + 128 are
+ * multiplied as they are stored with VNNI; without it (where a 16-bit sum of two products of
+ * up to 255 * 127 would saturate) as signed values, by their magnitude and the activation
+ * given their sign. */
+static inline int32_t weight_offset(int bits) {
+    return bits == 4 ? 8 : VNNI ? 128 : 0;
+}
+
+/* Activations quantized for a quantized matrix, token after token, each in blocks like the
+ * weights' (padded with zero groups to whole blocks): int8 values, per group a float32 scale
+ * and a start, -weight_offset * the sum of its values (what the offset adds to a product). */
 struct quantized_rows {
     int8_t *values;
-    float *scales, *offsets;
+    float *scales;
+    int32_t *starts;
 };
 
-/* x[n] (n a multiple of GROUP) quantized into group `first` on of `rows`: per group, scale =
+/* x[n] (n a multiple of GROUP) quantized as token `token` of `rows`: per group, scale =
  * largest magnitude / 127, value = the nearest integer to x / scale. */
-static void quantize_row(const float *x, struct quantized_rows rows, int64_t first, int64_t n) {
-    for (int64_t group = first; group < first + n / GROUP; group++) {
-        const float *in = x + (group - first) * GROUP;
+static void quantize_row(const float *x, struct quantized_rows rows, int64_t token, int64_t n,
+                         int bits) {
+    const int64_t groups = n / GROUP, padded = blocks_of(groups) * BLOCK_GROUPS;
+    int8_t *values = rows.values + token * padded * GROUP;
+    for (int64_t group = 0; group < padded; group++) {
+        const float *in = x + group * GROUP;
         float largest = 0.0f;
-        for (int i = 0; i < GROUP; i++) {
+        for (int i = 0; group < groups && i < GROUP; i++) {
             largest = fabsf(in[i]) > largest ? fabsf(in[i]) : largest;
         }
         const float scale = largest / 127.0f, inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
+        int8_t *block = values + group / BLOCK_GROUPS * BLOCK_VALUES + group % BLOCK_GROUPS * 4;
         int32_t sum = 0;
         for (int i = 0; i < GROUP; i++) {
-            rows.values[group * GROUP + i] = (int8_t)lrintf(in[i] * inverse);
-            sum += rows.values[group * GROUP + i];
+            const int8_t value = group < groups ? (int8_t)lrintf(in[i] * inverse) : 0;
+            block[i / 4 * BLOCK_GROUPS * 4 + i % 4] = value;
+            sum += value;
         }
-        rows.scales[group] = scale;
-        rows.offsets[group] = 8.0f * (float)sum * scale;
+        rows.scales[token * padded + group] = scale;
+        rows.starts[token * padded + group] = -weight_offset(bits) * sum;
     }
 }
 
@@ -107,89 +138,127 @@ struct matrix {
     int bits;
 };
 
-/* How far ahead of a stream of weights the products ask for memory. */
+/* How far ahead of a stream of weights the products ask for memory, at least. */
 enum { PREFETCH_AHEAD = 2048 };
 
-/* With AVX512-VNNI, int8 weights multiply activations + 128 (unsigned, as the instruction
- * takes them) in accumulators that start at -128 * the weights' sums: no sign juggling per
- * product, and the same exact integer sums. */
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define UNSIGNED_ACTIVATIONS 1
-#else
-#define UNSIGNED_ACTIVATIONS 0
-#endif
-
-/* Rows of weights and of activations multiplied together in registers: each group of weights
- * loaded (and for int8 made unsigned) once for TILE_TOKENS tokens, each group of activations
- * once for TILE_ROWS rows. AVX-512's 32 vector registers hold a larger tile than AVX2's 16. */
+/* Rows of weights and of activations multiplied together in registers: each vector of weights
+ * loaded once for TILE_TOKENS tokens, each vector of activations once for TILE_ROWS rows. With
+ * VNNI a row's 32 bytes take one instruction a token, and a tile of more rows streamed int8
+ * weights slower on this machine's memory (it ran ahead into more misses at once than were
+ * served); without it, the products take several. */
 #ifdef __AVX512VL__
-enum { TILE_ROWS = 4, TILE_TOKENS = 3 };
+enum { TILE_ROWS = 1, TILE_TOKENS = 3 };
 #else
 enum { TILE_ROWS = 2, TILE_TOKENS = 3 };
 #endif
 
+/* 32 bytes (or lanes * 4 where a block has fewer groups) from q. */
+static inline __m256i load_lanes(const uint8_t *q, int lanes) {
+    if (lanes == BLOCK_GROUPS) {
+        return _mm256_loadu_si256((const __m256i *)q);
+    }
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_maskload_epi32((const int *)q, mask);
+}
+
+/* A block's float16 scales of one row as floats (zero past `lanes`). */
+static inline __m256 load_scales(const uint16_t *scales, int lanes) {
+    if (lanes == BLOCK_GROUPS) {
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)scales));
+    }
+    uint16_t some[BLOCK_GROUPS] = {0};
+    for (int lane = 0; lane < lanes; lane++) {
+        some[lane] = scales[lane];
+    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)some));
+}
+
+/* sums += the products of a vector of stored weights with one of activations, per lane. */
+static inline __m256i add_products(__m256i sums, __m256i weights, __m256i activations, int bits) {
+    if (bits == 8 && !VNNI) {
+        const __m256i signed_weights = _mm256_xor_si256(weights, _mm256_set1_epi8(-128));
+        return multiply_add_bytes(sums, _mm256_abs_epi8(signed_weights),
+                                  _mm256_sign_epi8(activations, signed_weights));
+    }
+    return multiply_add_bytes(sums, weights, activations);
+}
+
 /* out[r][t] = the dot products of `rows` consecutive rows of quantized m, from `row` on (each
- * `groups` groups long), with activations quantized from token `token` on of `a`, for `tokens`
- * tokens: per group the exact integer sum of the 32 products times both scales. For 4-bit
- * weights (stored + 8), without what the + 8 added (offset_correction). `rows` and `tokens` are
- * constants where it is inlined, so the tile's accumulators stay in registers. */
+ * `groups` groups long), with the activations of tokens `token` .. token + tokens - 1 of `a`:
+ * per group the exact integer sum of its 32 products times both scales. `rows`, `tokens` and
+ * m.bits are constants where it is inlined, so the tile's sums stay in registers. */
 static inline __attribute__((always_inline)) void quantized_tile(
     struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
     int64_t groups, float out[TILE_ROWS][TILE_TOKENS]) {
-    const int64_t step = group_bytes(m.bits), row_bytes = groups * step;
+    const int64_t block_bytes = BLOCK_GROUPS * group_bytes(m.bits), row_bytes = groups * group_bytes(m.bits);
+    const int64_t blocks = blocks_of(groups), padded = blocks * BLOCK_GROUPS;
+    const int chunks = m.bits == 4 ? 4 : 8, vectors_per_chunk = m.bits == 4 ? 2 : 1;
     const uint8_t *weights = (const uint8_t *)m.weight + row * row_bytes;
     const uint16_t *scales = m.scales + row * groups;
+    /* The tile's rows are one block of memory, read as `rows` streams too short for the
+     * hardware's prefetchers: fetch what follows the tile as one stream, at the tile's pace. */
+    const int64_t tile_bytes = rows * row_bytes;
+    const uint8_t *ahead = weights + (tile_bytes > PREFETCH_AHEAD ? tile_bytes : PREFETCH_AHEAD);
     __m256 acc[TILE_ROWS][TILE_TOKENS];
     for (int r = 0; r < rows; r++) {
         for (int t = 0; t < tokens; t++) {
             acc[r][t] = _mm256_setzero_ps();
         }
     }
-    for (int64_t group = 0; group < groups; group++) {
-        __m256i unsigned_weights[TILE_ROWS], signs[TILE_ROWS];
-#if UNSIGNED_ACTIVATIONS
-        __m256i starts[TILE_ROWS];
-#endif
-        __m256 weight_scales[TILE_ROWS];
-        for (int r = 0; r < rows; r++) {
-            /* The tile's rows are one block of memory read as `rows` short streams, which the
-             * hardware prefetchers miss: fetch the block ahead as one stream. */
-            _mm_prefetch((const char *)weights + PREFETCH_AHEAD + (group * rows + r) * step,
-                         _MM_HINT_T0);
-            const uint8_t *q = weights + r * row_bytes + group * step;
-            if (m.bits == 4) {
-                unsigned_weights[r] = nibbles32(q);
-            } else {
-                signs[r] = _mm256_loadu_si256((const __m256i *)q);
-#if UNSIGNED_ACTIVATIONS
-                starts[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                             dot_unsigned(_mm256_set1_epi8(-128), signs[r]));
-#else
-                unsigned_weights[r] = _mm256_sign_epi8(signs[r], signs[r]);
-#endif
-            }
-            weight_scales[r] = _mm256_set1_ps(_cvtsh_ss(scales[r * groups + group]));
-        }
+    for (int64_t block = 0; block < blocks; block++) {
+        const int lanes = block < groups / BLOCK_GROUPS ? BLOCK_GROUPS
+                                                        : (int)(groups % BLOCK_GROUPS);
+        const int64_t at = block * BLOCK_GROUPS;
+        /* The next tile's scales, a stream of their own. */
+        _mm_prefetch((const char *)(scales + rows * groups + at * rows), _MM_HINT_T0);
+        __m256i sums[TILE_ROWS][TILE_TOKENS];
         for (int t = 0; t < tokens; t++) {
-            const int64_t at = (token + t) * groups + group;
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(a.values + at * GROUP));
-            const __m256 activation_scale = _mm256_set1_ps(a.scales[at]);
-#if UNSIGNED_ACTIVATIONS
-            const __m256i x_unsigned = _mm256_xor_si256(x, _mm256_set1_epi8(-128));
-#endif
+            const __m256i start =
+                _mm256_loadu_si256((const __m256i *)(a.starts + (token + t) * padded + at));
             for (int r = 0; r < rows; r++) {
-                __m256i sums;
-                if (m.bits == 4) {
-                    sums = dot_unsigned(unsigned_weights[r], x);
-                } else {
-#if UNSIGNED_ACTIVATIONS
-                    sums = _mm256_dpbusd_epi32(starts[r], x_unsigned, signs[r]);
-#else
-                    sums = dot_unsigned(unsigned_weights[r], _mm256_sign_epi8(x, signs[r]));
-#endif
+                sums[r][t] = start;
+            }
+        }
+        for (int chunk = 0; chunk < chunks; chunk++) {
+            for (int half = 0; half < vectors_per_chunk; half++) {
+                const int vector = chunk * vectors_per_chunk + half;
+                __m256i x[TILE_TOKENS];
+                for (int t = 0; t < tokens; t++) {
+                    x[t] = _mm256_loadu_si256(
+                        (const __m256i *)(a.values + ((token + t) * padded + at) * GROUP +
+                                          vector * BLOCK_GROUPS * 4));
                 }
-                const __m256 both = _mm256_mul_ps(weight_scales[r], activation_scale);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), both, acc[r][t]);
+                for (int r = 0; r < rows; r++) {
+                    if (!half) {
+                        _mm_prefetch((const char *)ahead + (block * chunks + chunk) * rows * 32 +
+                                         r * 32,
+                                     _MM_HINT_T0);
+                    }
+                    __m256i w = load_lanes(weights + r * row_bytes + block * block_bytes +
+                                               chunk * lanes * 4,
+                                           lanes);
+                    if (m.bits == 4) {
+                        w = _mm256_and_si256(half ? _mm256_srli_epi16(w, 4) : w,
+                                             _mm256_set1_epi8(0x0F));
+                    }
+                    for (int t = 0; t < tokens; t++) {
+                        sums[r][t] = add_products(sums[r][t], w, x[t], m.bits);
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            const __m256 weight_scales = load_scales(scales + r * groups + at, lanes);
+            for (int t = 0; t < tokens; t++) {
+                __m256 both = _mm256_mul_ps(
+                    weight_scales, _mm256_loadu_ps(a.scales + (token + t) * padded + at));
+                /* Opaque to the compiler, so that -ffast-math cannot compute a token's sum in
+                 * another order where the tile has other tokens (drafts are checked bit for
+                 * bit against single steps). */
+                __asm__("" : "+x"(both));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][t]), both, acc[r][t]);
+                __asm__("" : "+x"(acc[r][t]));
             }
         }
     }
@@ -229,23 +298,6 @@ static inline __attribute__((always_inline)) void quantized_tile_rows(
     }
 }
 
-/* What 4-bit weights' + 8 added to a row's dot product with a token's activations: the sum
- * over groups of the weight scale times 8 * the activations' sum * their scale. */
-static float offset_correction(const uint16_t *scales, const float *offsets, int64_t groups) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t group = 0;
-    for (; group + 8 <= groups; group += 8) {
-        const __m256 weight_scales =
-            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + group)));
-        acc = _mm256_fmadd_ps(weight_scales, _mm256_loadu_ps(offsets + group), acc);
-    }
-    float total = sum8(acc);
-    for (; group < groups; group++) {
-        total += _cvtsh_ss(scales[group]) * offsets[group];
-    }
-    return total;
-}
-
 /* What a row of a matrix-vector product does with its value: store it, through the exact or
  * the tanh GELU, add it, or (GATED) multiply it by silu of what is there. */
 enum row_output { STORE, STORE_GELU, STORE_GELU_TANH, ADD, GATED };
@@ -266,6 +318,10 @@ static inline float silu(float x) {
 static inline void emit(float value, const float *bias, int64_t row, float *out,
                         enum row_output output) {
     value += bias ? bias[row] : 0.0f;
+    /* One value at a time: a loop of emits vectorized by the compiler would take erf, tanh
+     * and exp from the vector math library for some tokens and the scalar one for others,
+     * which differ in the last bit (drafts are checked bit for bit against single steps). */
+    __asm__("" : "+x"(value));
     switch (output) {
     case STORE_GELU:
         *out = gelu(value);
@@ -305,12 +361,7 @@ static void quantized_product_rows(struct matrix m, int64_t row, int rows,
         }
         for (int r = 0; r < rows; r++) {
             for (int t = 0; t < chunk; t++) {
-                float value = out[r][t];
-                if (m.bits == 4) {
-                    value -= offset_correction(m.scales + (row + r) * groups,
-                                               a.offsets + (token + t) * groups, groups);
-                }
-                emit(value, bias, row + r, y + (token + t) * out_features + row + r, output);
+                emit(out[r][t], bias, row + r, y + (token + t) * out_features + row + r, output);
             }
         }
     }
@@ -320,8 +371,8 @@ static void quantized_product_rows(struct matrix m, int64_t row, int rows,
  * `tokens` rows of x ([tokens, in_features]) and y ([tokens, out_features]); the weight's rows
  * are shared among the threads of the enclosing parallel region, each read from memory once.
  * STORE_GELU applies the exact GELU, ADD adds to y. A quantized matrix has in_features / GROUP
- * scales a row and multiplies x quantized into `shared` (room for tokens * in_features values,
- * shared by the threads; quantize_row), TILE_ROWS rows at a time. */
+ * scales a row and multiplies x quantized into `shared` (shared by the threads; quantize_row),
+ * TILE_ROWS rows at a time. */
 static void gemm_rows(struct matrix m, const float *x, const float *bias, float *y,
                       int64_t out_features, int64_t in_features, int64_t tokens,
                       enum row_output output, struct quantized_rows shared) {
@@ -329,7 +380,7 @@ static void gemm_rows(struct matrix m, const float *x, const float *bias, float 
         const int64_t groups = in_features / GROUP;
 #pragma omp single
         for (int64_t t = 0; t < tokens; t++) {
-            quantize_row(x + t * in_features, shared, t * groups, in_features);
+            quantize_row(x + t * in_features, shared, t, in_features, m.bits);
         }
         const int64_t tiles = (out_features + TILE_ROWS - 1) / TILE_ROWS;
 #pragma omp for schedule(static)
@@ -352,16 +403,30 @@ static void gemm_rows(struct matrix m, const float *x, const float *bias, float 
     }
 }
 
-/* gemm_rows for `tokens` rows of x, in a parallel region of its own; `shared_values` and
- * `shared_scales` hold `shared` (tokens * in_features values, twice tokens * in_features / GROUP
- * floats). */
+/* Floats of the room quantized_rows_in carves for `tokens` tokens of n activations. */
+static int64_t quantized_rows_floats(int64_t tokens, int64_t n) {
+    const int64_t padded = tokens * blocks_of(n / GROUP) * BLOCK_GROUPS;
+    return 2 * padded + padded * GROUP / 4;
+}
+
+/* quantized_rows for `tokens` tokens of n activations in `room`. */
+static struct quantized_rows quantized_rows_in(float *room, int64_t tokens, int64_t n) {
+    const int64_t padded = tokens * blocks_of(n / GROUP) * BLOCK_GROUPS;
+    return (struct quantized_rows){(int8_t *)(room + 2 * padded), room,
+                                   (int32_t *)(room + padded)};
+}
+
+int64_t pcls_gemm_workspace(int64_t tokens, int64_t in_features) {
+    return quantized_rows_floats(tokens, in_features);
+}
+
+/* gemm_rows for `tokens` rows of x, in a parallel region of its own; `workspace` holds
+ * pcls_gemm_workspace floats. */
 void pcls_gemm(const void *weight, const uint16_t *scales, int bits, const float *x,
                const float *bias, float *y, int64_t out_features, int64_t in_features,
-               int64_t tokens, int8_t *shared_values, float *shared_scales, int threads) {
-    const int64_t groups = tokens * in_features / GROUP;
+               int64_t tokens, float *workspace, int threads) {
     const struct matrix m = {weight, scales, bits};
-    const struct quantized_rows shared = {shared_values, shared_scales,
-                                          shared_scales + groups};
+    const struct quantized_rows shared = quantized_rows_in(workspace, tokens, in_features);
 #pragma omp parallel num_threads(threads)
     gemm_rows(m, x, bias, y, out_features, in_features, tokens, STORE, shared);
 }
@@ -633,7 +698,7 @@ int64_t pcls_decoder_workspace(const struct decoder_shape *shape, int64_t tokens
     widest = attended > widest ? attended : widest;
     return tokens * (3 * shape->hidden + attended + shape->intermediate) +
            qkv_floats(shape, tokens) + shape->heads * tokens * (shape->position + tokens) +
-           2 * tokens * widest / GROUP + (tokens * widest + 3) / 4;
+           quantized_rows_floats(tokens, widest);
 }
 
 /* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
@@ -659,12 +724,10 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
     float *x = workspace, *normed = x + tokens * hidden, *projected = normed + tokens * hidden;
     float *attended = projected + tokens * hidden, *expanded = attended + tokens * attended_width;
     float *qkv = expanded + tokens * inter, *scores = qkv + qkv_floats(shape, tokens);
-    float *quantized_scales = scores + heads * tokens * span;
     int64_t widest = inter > hidden ? inter : hidden;
     widest = attended_width > widest ? attended_width : widest;
-    const int64_t groups = tokens * widest / GROUP;
-    const struct quantized_rows shared = {(int8_t *)(quantized_scales + 2 * groups),
-                                          quantized_scales, quantized_scales + groups};
+    const struct quantized_rows shared =
+        quantized_rows_in(scores + heads * tokens * span, tokens, widest);
     const enum row_output activated = shape->activation == GELU_EXACT ? STORE_GELU
                                       : shape->activation == GELU_TANH ? STORE_GELU_TANH
                                                                        : STORE;

@@ -66,6 +66,8 @@ BUILDS = (
 """The builds, best first: the first whose needs the CPU has is used (chosen at run time)."""
 GROUP = 32
 """Quantized weights come in groups of this many consecutive weights of a row, one scale each."""
+BLOCK_GROUPS = 8
+"""Groups of a row a quantized matrix interleaves (cpu_kernels.c: one lane of a vector each)."""
 QUANTIZED_BLOCK_ROWS = 1024
 """Rows quantized or unpacked at a time."""
 BF16_MIN_ROWS = 32
@@ -212,8 +214,10 @@ class CpuKernels:
         except OSError as error:
             raise KernelUnavailable(f"cannot build or load {library_path}: {error}") from error
         library.pcls_gemm.argtypes = [_POINTER, _POINTER, ctypes.c_int, *[_POINTER] * 3]
-        library.pcls_gemm.argtypes += [_INT] * 3 + [_POINTER, _POINTER, ctypes.c_int]
+        library.pcls_gemm.argtypes += [_INT] * 3 + [_POINTER, ctypes.c_int]
         library.pcls_gemm.restype = None
+        library.pcls_gemm_workspace.argtypes = [_INT, _INT]
+        library.pcls_gemm_workspace.restype = _INT
         library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
         library.pcls_attend.restype = None
         library.pcls_decoder_workspace.argtypes = [_POINTER, _INT]
@@ -232,9 +236,11 @@ class CpuKernels:
         and contiguous float32 rows [tokens, in] (or one row [in]): [tokens, out] (or [out]).
         A quantized weight multiplies the rows quantized to int8 in groups of GROUP."""
         out = torch.empty(*rows.shape[:-1], weight.shape[0], dtype=torch.float32)
+        tokens = rows.numel() // weight.shape[1]
         quantized = isinstance(weight, QuantizedWeight)
-        shared_values = torch.empty(rows.numel() if quantized else 0, dtype=torch.int8)
-        shared_scales = torch.empty(2 * rows.numel() // GROUP if quantized else 0)
+        workspace = torch.empty(
+            self.library.pcls_gemm_workspace(tokens, weight.shape[1]) if quantized else 0
+        )
         self.library.pcls_gemm(
             *weight_pointers(weight),
             weight_bits(weight),
@@ -243,9 +249,8 @@ class CpuKernels:
             out.data_ptr(),
             weight.shape[0],
             weight.shape[1],
-            rows.numel() // weight.shape[1],
-            shared_values.data_ptr(),
-            shared_scales.data_ptr(),
+            tokens,
+            workspace.data_ptr(),
             torch.get_num_threads(),
         )
         return out
@@ -317,11 +322,12 @@ class QuantizedWeight:
     """A matrix [out, in] quantized in groups of GROUP consecutive weights of a row, each group
     with a float16 scale: weight = value * scale, row by row. int8 (`bits` 8, ggml's q8_0 rule):
     values in -127..127, scale = the group's largest magnitude / 127. 4-bit (`bits` 4, q4_0's
-    rule): values in -8..7, scale = the group's weight of largest magnitude / -8; each group's
-    16 bytes hold value j + 8 in the low nibble of byte j and value j + 16 + 8 in its high one."""
+    rule): values in -8..7, scale = the group's weight of largest magnitude / -8. Stored
+    unsigned (int8 values + 128 in a byte, 4-bit values + 8 in a nibble) and interleaved in
+    blocks of BLOCK_GROUPS groups as the kernels read them (`_interleave`)."""
 
     stored: torch.Tensor
-    """int8 [out, in] or uint8 [out, in // 2], contiguous."""
+    """uint8 [out, in] (int8) or [out, in // 2] (4-bit), contiguous."""
     scales: torch.Tensor
     """float16 [out, in // GROUP], contiguous."""
     bits: int
@@ -352,20 +358,13 @@ class QuantizedWeight:
         scales = scales.to(torch.float16)
         wide = scales.float().unsqueeze(-1)
         values = torch.where(wide != 0, groups / wide, 0.0).round().clamp(low, high)
-        if bits == 8:
-            stored = values.to(torch.int8).reshape(weight.shape)
-        else:
-            nibbles = (values + 8).to(torch.uint8)
-            stored = (nibbles[..., :16] | (nibbles[..., 16:] << 4)).reshape(weight.shape[0], -1)
+        stored = _interleave((values + _offset(bits)).to(torch.uint8), bits)
         return cls(stored.contiguous(), scales.contiguous(), bits)
 
     def values(self) -> torch.Tensor:
         """The integer values, [out, in // GROUP, GROUP]."""
-        if self.bits == 8:
-            return self.stored.reshape(self.shape[0], -1, GROUP)
-        packed = self.stored.reshape(self.shape[0], -1, GROUP // 2)
-        nibbles = torch.cat((packed & 0x0F, packed >> 4), dim=-1)
-        return nibbles.to(torch.int8) - 8
+        stored = _deinterleave(self.stored, self.scales.shape[1], self.bits)
+        return (stored.to(torch.int16) - _offset(self.bits)).to(torch.int8)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The matrix these values stand for, computed in float32 and stored as `dtype` (a
@@ -381,6 +380,53 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         return self.stored.nbytes + self.scales.nbytes
+
+
+def _offset(bits: int) -> int:
+    """What a stored value exceeds its value by."""
+    return 128 if bits == 8 else 8
+
+
+def _interleave(stored: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored values [rows, groups, GROUP] (uint8) in the kernels' order, [rows, bytes]: each
+    block of BLOCK_GROUPS groups (a row's last one may have fewer, `lanes`) as vectors of 4
+    consecutive values of each group: byte (k * lanes + lane) * 4 + j holds value 4 k + j of
+    group `lane`; 4-bit values pack vectors 2 c (low nibbles) and 2 c + 1 (high) into chunk c."""
+    rows, groups = stored.shape[:2]
+    full = groups // BLOCK_GROUPS * BLOCK_GROUPS
+    parts = [_interleave_blocks(stored[:, :full].reshape(rows, -1, BLOCK_GROUPS, GROUP), bits)]
+    if full < groups:
+        parts.append(_interleave_blocks(stored[:, full:].unsqueeze(1), bits))
+    return torch.cat(parts, dim=1)
+
+
+def _interleave_blocks(blocks: torch.Tensor, bits: int) -> torch.Tensor:
+    rows, count, lanes = blocks.shape[:3]
+    if bits == 8:  # [rows, count, lane, k, j] -> [rows, count, k, lane, j]
+        return blocks.reshape(rows, count, lanes, 8, 4).permute(0, 1, 3, 2, 4).reshape(rows, -1)
+    # value 8 c + 4 n + j: [rows, count, lane, c, n, j] -> [rows, count, c, lane, j, n]
+    split = blocks.reshape(rows, count, lanes, 4, 2, 4).permute(0, 1, 3, 2, 5, 4)
+    return (split[..., 0] | (split[..., 1] << 4)).reshape(rows, -1)
+
+
+def _deinterleave(stored: torch.Tensor, groups: int, bits: int) -> torch.Tensor:
+    """The inverse of _interleave: [rows, groups, GROUP]."""
+    full = groups // BLOCK_GROUPS * BLOCK_GROUPS
+    split_at = full * GROUP * bits // 8
+    parts = [_deinterleave_blocks(stored[:, :split_at], full // BLOCK_GROUPS, BLOCK_GROUPS, bits)]
+    if full < groups:
+        parts.append(_deinterleave_blocks(stored[:, split_at:], 1, groups - full, bits))
+    return torch.cat(parts, dim=1)
+
+
+def _deinterleave_blocks(stored: torch.Tensor, count: int, lanes: int, bits: int) -> torch.Tensor:
+    rows = stored.shape[0]
+    if bits == 8:  # [rows, count, k, lane, j] -> [rows, count, lane, k, j]
+        blocks = stored.reshape(rows, count, 8, lanes, 4).permute(0, 1, 3, 2, 4)
+    else:  # [rows, count, c, lane, j, n] -> [rows, count, lane, c, n, j]
+        packed = stored.reshape(rows, count, 4, lanes, 4)
+        blocks = torch.stack((packed & 0x0F, packed >> 4), dim=-1).permute(0, 1, 3, 2, 5, 4)
+    return blocks.reshape(rows, count * lanes, GROUP)
 
 
 def weight_pointers(weight: torch.Tensor | QuantizedWeight) -> tuple[int, int | None]:

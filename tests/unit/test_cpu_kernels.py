@@ -126,14 +126,40 @@ def test_quantized_weights_follow_q8_0s_and_q4_0s_rules(bits):
     unpacked = own_values * quantized_tall.scales.float().repeat_interleave(32, 1)
     for dtype in (torch.float32, torch.bfloat16):
         assert torch.equal(quantized_tall.dequantize(dtype), unpacked.to(dtype))
-    if bits == 4:  # value j + 8 in the low nibble of byte j, value j + 16 + 8 in its high one
-        packed = quantized.stored[0, :16].int()
-        assert torch.equal(packed & 15, values[0, :16].int() + 8)
-        assert torch.equal(packed >> 4, values[0, 16:32].int() + 8)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize(("inputs", "outputs"), [(96, 7), (768, 50), (3072, 768), (64, 1)])
+def test_quantized_weights_are_stored_as_the_kernels_read_them(bits):
+    """Golden layout, position by position: a row's blocks of 8 groups (the last with fewer,
+    `lanes`), value 4 k + j of group `lane` at byte (k * lanes + lane) * 4 + j of its block;
+    4-bit values pack vectors k = 2 c and 2 c + 1 into the low and high nibbles of chunk c."""
+    torch.manual_seed(5)
+    groups = 11  # one block of 8 groups and one of 3
+    weight = torch.randn(2, groups * 32)
+    quantized = QuantizedWeight.quantize(weight, bits)
+    values = reference_quantized(weight, bits)[0].int()
+    stored = quantized.stored.int()
+    assert quantized.stored.dtype == torch.uint8
+    for row in range(2):
+        for group in range(groups):
+            block, lane = divmod(group, 8)
+            lanes = 8 if block == 0 else groups - 8
+            for index in range(32):
+                k, j = divmod(index, 4)
+                value = values[row, group * 32 + index].item()
+                if bits == 8:
+                    at = block * 256 + (k * lanes + lane) * 4 + j
+                    assert stored[row, at].item() == value + 128
+                else:
+                    chunk, high = divmod(k, 2)
+                    at = block * 128 + (chunk * lanes + lane) * 4 + j
+                    assert (stored[row, at].item() >> 4 * high) & 15 == value + 8
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(
+    ("inputs", "outputs"), [(96, 7), (768, 50), (352, 9), (3072, 768), (64, 1)]
+)
 def test_a_quantized_matrix_product_matches_its_float_values(kernels, bits, inputs, outputs):
     torch.manual_seed(inputs)
     weight, bias = torch.randn(outputs, inputs), torch.randn(outputs)
