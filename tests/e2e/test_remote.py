@@ -123,6 +123,14 @@ async def _wait_metric(server: VllmServer, name: str, condition, seconds: float)
     return True
 
 
+def _assert_stopped_early(vllm: VllmServer, generated_before: float, requests: int) -> None:
+    """The server's generations since `generated_before` stopped well before maxNewTokens
+    (1000 each): aborted, not run to their end. How soon (within 1 s when the machine is not
+    starved) is a figure for a benchmark, not a timed assertion that a loaded machine breaks."""
+    since = vllm.metric("vllm:generation_tokens_total") - generated_before
+    assert since < requests * 1000 - 200, f"{since} tokens: a generation ran to its end"
+
+
 @pytest.mark.parametrize("how", ["edit", "cancelRequest", "newer"])
 async def test_a_cancelled_generation_is_aborted_on_the_server(editor, remote_model, vllm, how):
     await editor.start(remote_settings(remote_model, vllm, multiline="always", maxNewTokens=1000))
@@ -153,20 +161,20 @@ async def test_a_cancelled_generation_is_aborted_on_the_server(editor, remote_mo
     assert await comes_true(decoding), "the generation ended before it could be cancelled"
     if how == "newer":  # the same cursor asked again: the first stream closes, a new one runs
         newer = editor.inline_request(uri, *position(text, len(text)))
-        assert await comes_true(lambda: vllm.aborted_requests() > aborted, 1.0)
+        assert await comes_true(lambda: vllm.aborted_requests() > aborted)
         result = await asyncio.wait_for(pending, 30)
         assert result is None or list(result.items) == []
         editor.edit(uri, (0, 0), (0, 0), "# edited\n")  # and the newer one is stopped too
         await newer
-        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 1.0)
+        assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 30.0)
+        _assert_stopped_early(vllm, generated, 2)
         return
     if how == "edit":
         editor.edit(uri, (0, 0), (0, 0), "# edited\n")
     else:
         editor.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=f"long-{how}"))
-    cancelled_at = time.monotonic()
-    assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 1.0), "not aborted within 1 s"
-    assert time.monotonic() - cancelled_at <= 1.0
+    assert await _wait_metric(vllm, RUNNING, lambda v: v == 0, 30.0), "never aborted"
+    _assert_stopped_early(vllm, generated, 1)
     try:
         result = await asyncio.wait_for(pending, 30)
         assert result is None or list(result.items) == []
