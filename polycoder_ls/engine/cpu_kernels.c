@@ -143,9 +143,8 @@ enum { PREFETCH_AHEAD = 2048 };
 
 /* Rows of weights and of activations multiplied together in registers: each vector of weights
  * loaded once for TILE_TOKENS tokens, each vector of activations once for TILE_ROWS rows. With
- * VNNI a row's 32 bytes take one instruction a token, and a tile of more rows streamed int8
- * weights slower on this machine's memory (it ran ahead into more misses at once than were
- * served); without it, the products take several. */
+ * VNNI one row: tiles of 4 computed faster from cache but streamed int8 weights from memory
+ * slower, for a reason not found (BENCHMARKS.md, "after interleaving"). */
 #ifdef __AVX512VL__
 enum { TILE_ROWS = 1, TILE_TOKENS = 3 };
 #else
@@ -191,13 +190,15 @@ static inline __m256i add_products(__m256i sums, __m256i weights, __m256i activa
 static inline __attribute__((always_inline)) void quantized_tile(
     struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
     int64_t groups, float out[TILE_ROWS][TILE_TOKENS]) {
-    const int64_t block_bytes = BLOCK_GROUPS * group_bytes(m.bits), row_bytes = groups * group_bytes(m.bits);
+    const int64_t block_bytes = BLOCK_GROUPS * group_bytes(m.bits);
+    const int64_t row_bytes = groups * group_bytes(m.bits);
     const int64_t blocks = blocks_of(groups), padded = blocks * BLOCK_GROUPS;
     const int chunks = m.bits == 4 ? 4 : 8, vectors_per_chunk = m.bits == 4 ? 2 : 1;
     const uint8_t *weights = (const uint8_t *)m.weight + row * row_bytes;
     const uint16_t *scales = m.scales + row * groups;
     /* The tile's rows are one block of memory, read as `rows` streams too short for the
-     * hardware's prefetchers: fetch what follows the tile as one stream, at the tile's pace. */
+     * hardware's prefetchers: fetch what follows the tile, at least PREFETCH_AHEAD bytes
+     * ahead, as one stream at the tile's pace. */
     const int64_t tile_bytes = rows * row_bytes;
     const uint8_t *ahead = weights + (tile_bytes > PREFETCH_AHEAD ? tile_bytes : PREFETCH_AHEAD);
     __m256 acc[TILE_ROWS][TILE_TOKENS];
