@@ -18,6 +18,7 @@
  * __AVX512VNNI__), else two (AVX2).
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -270,48 +271,23 @@ static inline __attribute__((always_inline)) void quantized_tile(
     }
 }
 
-/* quantized_tile for `rows` rows (a constant where inlined), 1 .. TILE_TOKENS tokens and the
- * matrix's bits, each combination compiled on its own. */
-static inline __attribute__((always_inline)) void quantized_tile_rows(
-    struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
-    int64_t groups, float out[TILE_ROWS][TILE_TOKENS]) {
-    struct matrix int4 = m, int8 = m;
-    int4.bits = 4;
-    int8.bits = 8;
-    switch (tokens + TILE_TOKENS * (m.bits == 4)) {
-    case 1 + TILE_TOKENS:
-        quantized_tile(int4, row, rows, a, token, 1, groups, out);
-        break;
-    case 2 + TILE_TOKENS:
-        quantized_tile(int4, row, rows, a, token, 2, groups, out);
-        break;
-    case 3 + TILE_TOKENS:
-        quantized_tile(int4, row, rows, a, token, 3, groups, out);
-        break;
-    case 1:
-        quantized_tile(int8, row, rows, a, token, 1, groups, out);
-        break;
-    case 2:
-        quantized_tile(int8, row, rows, a, token, 2, groups, out);
-        break;
-    default:
-        quantized_tile(int8, row, rows, a, token, 3, groups, out);
-    }
-}
-
 /* What a row of a matrix-vector product does with its value: store it, through the exact or
  * the tanh GELU, add it, or (GATED) multiply it by silu of what is there. */
 enum row_output { STORE, STORE_GELU, STORE_GELU_TANH, ADD, GATED };
 
-static inline float gelu(float x) {
+/* The activations are never inlined: where the compiler sees several tokens' values together it
+ * would take erf, tanh and exp from the vector math library for them, and the scalar one for a
+ * token alone, which differ in the last bit (drafts are checked bit for bit against single
+ * steps). */
+__attribute__((noinline)) static float gelu(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-static inline float gelu_tanh(float x) {
+__attribute__((noinline)) static float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
-static inline float silu(float x) {
+__attribute__((noinline)) static float silu(float x) {
     return x / (1.0f + expf(-x));
 }
 
@@ -319,10 +295,6 @@ static inline float silu(float x) {
 static inline void emit(float value, const float *bias, int64_t row, float *out,
                         enum row_output output) {
     value += bias ? bias[row] : 0.0f;
-    /* One value at a time: a loop of emits vectorized by the compiler would take erf, tanh
-     * and exp from the vector math library for some tokens and the scalar one for others,
-     * which differ in the last bit (drafts are checked bit for bit against single steps). */
-    __asm__("" : "+x"(value));
     switch (output) {
     case STORE_GELU:
         *out = gelu(value);
@@ -341,30 +313,67 @@ static inline void emit(float value, const float *bias, int64_t row, float *out,
     }
 }
 
-/* Rows row .. row + rows - 1 (rows <= TILE_ROWS) of a quantized product, for every token. */
-static void quantized_product_rows(struct matrix m, int64_t row, int rows,
-                                   struct quantized_rows a, int64_t groups, const float *bias,
-                                   float *y, int64_t out_features, int64_t tokens,
-                                   enum row_output output) {
+/* Tile `rows` rows from `row` on of a quantized product for tokens token .. token + tokens - 1
+ * (both constants where inlined), each value emitted. */
+static inline __attribute__((always_inline)) void quantized_tile_emitted(
+    struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t token, int tokens,
+    int64_t groups, const float *bias, float *y, int64_t out_features, enum row_output output) {
     float out[TILE_ROWS][TILE_TOKENS];
-    for (int64_t token = 0; token < tokens; token += TILE_TOKENS) {
-        const int chunk = tokens - token < TILE_TOKENS ? (int)(tokens - token) : TILE_TOKENS;
-        if (rows == TILE_ROWS) {
-            quantized_tile_rows(m, row, TILE_ROWS, a, token, chunk, groups, out);
-        } else {
-            for (int r = 0; r < rows; r++) {
-                float one[TILE_ROWS][TILE_TOKENS];
-                quantized_tile_rows(m, row + r, 1, a, token, chunk, groups, one);
-                for (int t = 0; t < chunk; t++) {
-                    out[r][t] = one[0][t];
-                }
-            }
+    quantized_tile(m, row, rows, a, token, tokens, groups, out);
+    for (int r = 0; r < rows; r++) {
+        for (int t = 0; t < tokens; t++) {
+            emit(out[r][t], bias, row + r, y + (token + t) * out_features + row + r, output);
         }
-        for (int r = 0; r < rows; r++) {
-            for (int t = 0; t < chunk; t++) {
-                emit(out[r][t], bias, row + r, y + (token + t) * out_features + row + r, output);
-            }
-        }
+    }
+}
+
+/* One tile of `rows` rows (a constant where inlined) for every token, TILE_TOKENS at a time. */
+static inline __attribute__((always_inline)) void quantized_tile_all_tokens(
+    struct matrix m, int64_t row, int rows, struct quantized_rows a, int64_t tokens,
+    int64_t groups, const float *bias, float *y, int64_t out_features, enum row_output output) {
+    int64_t token = 0;
+    for (; token + TILE_TOKENS <= tokens; token += TILE_TOKENS) {
+        quantized_tile_emitted(m, row, rows, a, token, TILE_TOKENS, groups, bias, y,
+                               out_features, output);
+    }
+    switch (tokens - token) {
+    case 1:
+        quantized_tile_emitted(m, row, rows, a, token, 1, groups, bias, y, out_features, output);
+        break;
+    case 2:
+        quantized_tile_emitted(m, row, rows, a, token, 2, groups, bias, y, out_features, output);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Rows begin .. end - 1 of a quantized product with m.bits a constant where inlined: one loop
+ * of tiles in one function, so that no call or setup is paid a row. */
+static inline __attribute__((always_inline)) void quantized_rows_of_bits(
+    struct matrix m, int64_t begin, int64_t end, struct quantized_rows a, int64_t tokens,
+    int64_t groups, const float *bias, float *y, int64_t out_features, enum row_output output) {
+    int64_t row = begin;
+    for (; row + TILE_ROWS <= end; row += TILE_ROWS) {
+        quantized_tile_all_tokens(m, row, TILE_ROWS, a, tokens, groups, bias, y, out_features,
+                                  output);
+    }
+    for (; row < end; row++) {
+        quantized_tile_all_tokens(m, row, 1, a, tokens, groups, bias, y, out_features, output);
+    }
+}
+
+static void quantized_product_rows(struct matrix m, int64_t begin, int64_t end,
+                                   struct quantized_rows a, int64_t tokens, int64_t groups,
+                                   const float *bias, float *y, int64_t out_features,
+                                   enum row_output output) {
+    struct matrix int4 = m, int8 = m;
+    int4.bits = 4;
+    int8.bits = 8;
+    if (m.bits == 4) {
+        quantized_rows_of_bits(int4, begin, end, a, tokens, groups, bias, y, out_features, output);
+    } else {
+        quantized_rows_of_bits(int8, begin, end, a, tokens, groups, bias, y, out_features, output);
     }
 }
 
@@ -383,15 +392,17 @@ static void gemm_rows(struct matrix m, const float *x, const float *bias, float 
         for (int64_t t = 0; t < tokens; t++) {
             quantize_row(x + t * in_features, shared, t, in_features, m.bits);
         }
+        /* Whole tiles to each thread, as schedule(static) would share them. */
         const int64_t tiles = (out_features + TILE_ROWS - 1) / TILE_ROWS;
-#pragma omp for schedule(static)
-        for (int64_t tile = 0; tile < tiles; tile++) {
-            const int64_t row = tile * TILE_ROWS;
-            const int rows = out_features - row < TILE_ROWS ? (int)(out_features - row)
-                                                            : TILE_ROWS;
-            quantized_product_rows(m, row, rows, shared, groups, bias, y, out_features, tokens,
-                                   output);
-        }
+        const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+        const int64_t each = tiles / threads, more = tiles % threads;
+        const int64_t first = thread * each + (thread < more ? thread : more);
+        const int64_t begin = first * TILE_ROWS;
+        int64_t end = (first + each + (thread < more)) * TILE_ROWS;
+        end = end < out_features ? end : out_features;
+        quantized_product_rows(m, begin, end, shared, tokens, groups, bias, y, out_features,
+                               output);
+#pragma omp barrier
         return;
     }
 #pragma omp for schedule(static)
