@@ -282,16 +282,17 @@ class CpuKernels:
         self,
         shape: DecoderShape,
         embeddings: torch.Tensor,
-        layer_pointers: list[int | None],
-        head_strides: list[int],
+        layer_pointers: ctypes.Array[Any],
+        head_strides: ctypes.Array[Any],
         rotary: tuple[torch.Tensor, torch.Tensor],
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
         head: tuple[torch.Tensor | QuantizedWeight, torch.Tensor | None],
     ) -> torch.Tensor:
         """New tokens through a whole decoder model (pcls_decoder_step in cpu_kernels.c):
-        `embeddings` [tokens, hidden]; `layer_pointers` holds each layer's weights, biases and
-        cache rows in the C order; `rotary` the cos and sin [tokens, rotary_dim] of the tokens'
-        positions. Returns the logits [tokens, vocab]."""
+        `embeddings` [tokens, hidden]; `layer_pointers` (pointer_array) holds each layer's
+        weights, biases and cache rows in the C order; `head_strides` (int_array) the elements
+        between two heads' cache rows of each layer; `rotary` the cos and sin [tokens,
+        rotary_dim] of the tokens' positions. Returns the logits [tokens, vocab]."""
         tokens = embeddings.shape[0]
         workspace = torch.empty(self.library.pcls_decoder_workspace(ctypes.byref(shape), tokens))
         logits = torch.empty(tokens, shape.vocab, dtype=torch.float32)
@@ -299,8 +300,8 @@ class CpuKernels:
             ctypes.byref(shape),
             tokens,
             embeddings.data_ptr(),
-            (_POINTER * len(layer_pointers))(*layer_pointers),
-            (_INT * len(head_strides))(*head_strides),
+            layer_pointers,
+            head_strides,
             rotary[0].data_ptr(),
             rotary[1].data_ptr(),
             *(optional_pointer(tensor) for tensor in final_norm),
@@ -311,6 +312,16 @@ class CpuKernels:
             torch.get_num_threads(),
         )
         return logits
+
+
+def pointer_array(pointers: list[int | None]) -> ctypes.Array[Any]:
+    """`pointers` as the C array of pointers the kernels take (None: NULL)."""
+    return (_POINTER * len(pointers))(*pointers)
+
+
+def int_array(values: list[int]) -> ctypes.Array[Any]:
+    """`values` as the C array of int64_t the kernels take."""
+    return (_INT * len(values))(*values)
 
 
 def optional_pointer(tensor: torch.Tensor | None) -> int | None:

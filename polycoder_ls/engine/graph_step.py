@@ -272,5 +272,5 @@ class GraphStep:
         self.replays += 1
         for layer in cache.layers:
             assert isinstance(layer, PreallocatedLayer)
-            layer.append_rows(1)
+            layer.grow(1)
         return logits.clone()

@@ -43,6 +43,9 @@ class PreallocatedLayer(DynamicLayer):
         self.length = 0
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        self.buffer_pointers = (0, 0, 0)
+        """Where the first sequence's keys and values start, and the elements between two
+        heads' rows (zeros before the first update); a new tuple whenever the buffers move."""
 
     @classmethod
     def over(cls, keys: torch.Tensor, values: torch.Tensor) -> PreallocatedLayer:
@@ -52,7 +55,7 @@ class PreallocatedLayer(DynamicLayer):
         values.zero_()
         layer = cls(keys.shape[2], keys.dtype, zeroed=True)
         layer.device = keys.device
-        layer._key_buffer, layer._value_buffer = keys, values
+        layer._use_buffers(keys, values)
         layer.is_initialized = True
         layer._expose()
         return layer
@@ -72,13 +75,17 @@ class PreallocatedLayer(DynamicLayer):
         if self._key_buffer is not None and self._value_buffer is not None:
             key_buffer[..., : self.length, :] = self._key_buffer[..., : self.length, :]
             value_buffer[..., : self.length, :] = self._value_buffer[..., : self.length, :]
-        self._key_buffer, self._value_buffer = key_buffer, value_buffer
+        self._use_buffers(key_buffer, value_buffer)
         self.capacity = capacity
+
+    def _use_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self._key_buffer, self._value_buffer = keys, values
+        self.buffer_pointers = (keys.data_ptr(), values.data_ptr(), keys.stride(1))
 
     def _expose(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._key_buffer is not None and self._value_buffer is not None
-        keys = self.keys = self._key_buffer[..., : self.length, :]
-        values = self.values = self._value_buffer[..., : self.length, :]
+        keys = self.keys = self._key_buffer.narrow(2, 0, self.length)
+        values = self.values = self._value_buffer.narrow(2, 0, self.length)
         return keys, values
 
     def update(
@@ -112,17 +119,15 @@ class PreallocatedLayer(DynamicLayer):
         """The batch size (0 before the first update)."""
         return 0 if self._key_buffer is None else self._key_buffer.shape[0]
 
-    def append_rows(self, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Room for `count` more tokens, counted as filled: the first sequence's keys and
-        values ([heads, length, dim], rows strided as in the buffer), whose last `count` rows
-        the caller must write."""
+    def grow(self, count: int = 1) -> None:
+        """Room for `count` more tokens, counted as filled: the caller must write their rows
+        (at buffer_pointers, which may have moved)."""
         if self.length + count > self.capacity:
             assert self._key_buffer is not None and self._value_buffer is not None
             capacity = allocated_rows(max(self.length + count, 2 * self.capacity))
             self._allocate(self._key_buffer, self._value_buffer, capacity)
         self.length += count
-        keys, values = self._expose()
-        return keys[0], values[0]
+        self._expose()
 
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0

@@ -14,6 +14,7 @@ chunks, batches and every other model run transformers' forward.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -23,7 +24,15 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .cpu_kernels import CpuKernels, DecoderShape, QuantizedWeight, weight_bits, weight_pointers
+from .cpu_kernels import (
+    CpuKernels,
+    DecoderShape,
+    QuantizedWeight,
+    int_array,
+    pointer_array,
+    weight_bits,
+    weight_pointers,
+)
 from .kv_cache import PreallocatedLayer
 
 Getter = Callable[[Any], Any]
@@ -191,6 +200,10 @@ class TokenStep:
         head = model.get_output_embeddings()
         self._head = (getattr(head, "decode_weight", head.weight), head.bias)
         self._final_norm = getattr(self.base, family.final_norm)
+        self._embeddings = model.get_input_embeddings().weight
+        self._placed: tuple[Any, ctypes.Array[Any], ctypes.Array[Any]] | None = None
+        """The cache buffers' places last seen (PreallocatedLayer.buffer_pointers) and the
+        arrays the C step reads them from."""
         self.window = sliding_window(config)
         """Tokens a token attends to at most (None: all before it): the step attends to all."""
         attention = getattr(self.layers[0], family.attention)
@@ -257,29 +270,39 @@ class TokenStep:
         after one token, [len(tokens), vocab] after a list (each after the ones before it)."""
         ids = [tokens] if isinstance(tokens, int) else tokens
         position = cache.get_seq_length()
-        embeddings = self.model.get_input_embeddings().weight[ids]
+        layers = [layer for layer in cache.layers if isinstance(layer, PreallocatedLayer)]
+        assert len(layers) == len(cache.layers)
+        for layer in layers:
+            layer.grow(len(ids))
+        embeddings = self._embeddings[ids]
         positions = torch.arange(position, position + len(ids))[None]
         cos, sin = self.base.rotary_emb(embeddings, positions)
-        pointers: list[int | None] = []
-        head_strides = []
-        for layer_pointers, cache_layer in zip(self._weight_pointers, cache.layers, strict=True):
-            assert isinstance(cache_layer, PreallocatedLayer)
-            keys, values = cache_layer.append_rows(len(ids))
-            pointers += [*layer_pointers, keys.data_ptr(), values.data_ptr()]
-            head_strides.append(keys.stride(0))
         shape = DecoderShape(
             **self.shape,
             rotary_dim=cos.shape[-1],
             position=position,
-            kv_half=int(keys.dtype == torch.float16),
+            kv_half=int(layers[0].stored_dtype == torch.float16),
         )
         logits = self.kernels.decoder_step(
             shape,
             embeddings,
-            pointers,
-            head_strides,
+            *self._cache_pointers(layers),
             (cos.reshape(len(ids), -1).contiguous(), sin.reshape(len(ids), -1).contiguous()),
             (self._final_norm.weight, getattr(self._final_norm, "bias", None)),
             self._head,
         )
         return logits[0] if isinstance(tokens, int) else logits
+
+    def _cache_pointers(
+        self, layers: list[PreallocatedLayer]
+    ) -> tuple[ctypes.Array[Any], ctypes.Array[Any]]:
+        """Each layer's pointers in the C order with its cache rows, and the elements between
+        two heads' rows of each layer's cache: built again only when the cache's buffers move."""
+        placed = tuple(layer.buffer_pointers for layer in layers)
+        if self._placed is None or self._placed[0] != placed:
+            pointers: list[int | None] = []
+            for weights, (keys, values, _) in zip(self._weight_pointers, placed, strict=True):
+                pointers += [*weights, keys, values]
+            strides = [stride for _, _, stride in placed]
+            self._placed = (placed, pointer_array(pointers), int_array(strides))
+        return self._placed[1], self._placed[2]
