@@ -377,22 +377,26 @@ static void quantized_product_rows(struct matrix m, int64_t begin, int64_t end,
     }
 }
 
+/* Each of `tokens` rows of x[tokens, n] quantized into `rows` for matrices of `bits` (0: float32
+ * matrices, which multiply x itself: nothing to do). */
+static void quantize_rows(const float *x, struct quantized_rows rows, int64_t tokens, int64_t n,
+                          int bits) {
+    for (int64_t t = 0; bits && t < tokens; t++) {
+        quantize_row(x + t * n, rows, t, n, bits);
+    }
+}
+
 /* y[t] = m.weight[out_features, in_features] @ x[t] + bias (bias may be NULL) for each of
  * `tokens` rows of x ([tokens, in_features]) and y ([tokens, out_features]); the weight's rows
- * are shared among the threads of the enclosing parallel region, each read from memory once.
- * STORE_GELU applies the exact GELU, ADD adds to y. A quantized matrix has in_features / GROUP
- * scales a row and multiplies x quantized into `shared` (shared by the threads; quantize_row),
- * TILE_ROWS rows at a time. */
-static void gemm_rows(struct matrix m, const float *x, const float *bias, float *y,
-                      int64_t out_features, int64_t in_features, int64_t tokens,
-                      enum row_output output, struct quantized_rows shared) {
+ * are shared among the threads of the enclosing parallel region as schedule(static) would share
+ * them (the same rows to the same thread for the same out_features), each read from memory
+ * once, with no barrier at the end. STORE_GELU applies the exact GELU, ADD adds to y. A
+ * quantized matrix has in_features / GROUP scales a row and multiplies `quantized` (x after
+ * quantize_rows), TILE_ROWS rows at a time. */
+static void product(struct matrix m, const float *x, struct quantized_rows quantized,
+                    const float *bias, float *y, int64_t out_features, int64_t in_features,
+                    int64_t tokens, enum row_output output) {
     if (m.bits) {
-        const int64_t groups = in_features / GROUP;
-#pragma omp single
-        for (int64_t t = 0; t < tokens; t++) {
-            quantize_row(x + t * in_features, shared, t, in_features, m.bits);
-        }
-        /* Whole tiles to each thread, as schedule(static) would share them. */
         const int64_t tiles = (out_features + TILE_ROWS - 1) / TILE_ROWS;
         const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
         const int64_t each = tiles / threads, more = tiles % threads;
@@ -400,12 +404,11 @@ static void gemm_rows(struct matrix m, const float *x, const float *bias, float 
         const int64_t begin = first * TILE_ROWS;
         int64_t end = (first + each + (thread < more)) * TILE_ROWS;
         end = end < out_features ? end : out_features;
-        quantized_product_rows(m, begin, end, shared, tokens, groups, bias, y, out_features,
-                               output);
-#pragma omp barrier
+        quantized_product_rows(m, begin, end, quantized, tokens, in_features / GROUP, bias, y,
+                               out_features, output);
         return;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t row = 0; row < out_features; row++) {
         const float *stored = (const float *)m.weight + row * in_features;
         for (int64_t t = 0; t < tokens; t++) {
@@ -432,15 +435,16 @@ int64_t pcls_gemm_workspace(int64_t tokens, int64_t in_features) {
     return quantized_rows_floats(tokens, in_features);
 }
 
-/* gemm_rows for `tokens` rows of x, in a parallel region of its own; `workspace` holds
+/* product for `tokens` rows of x, in a parallel region of its own; `workspace` holds
  * pcls_gemm_workspace floats. */
 void pcls_gemm(const void *weight, const uint16_t *scales, int bits, const float *x,
                const float *bias, float *y, int64_t out_features, int64_t in_features,
                int64_t tokens, float *workspace, int threads) {
     const struct matrix m = {weight, scales, bits};
-    const struct quantized_rows shared = quantized_rows_in(workspace, tokens, in_features);
+    const struct quantized_rows quantized = quantized_rows_in(workspace, tokens, in_features);
+    quantize_rows(x, quantized, tokens, in_features, m.bits);
 #pragma omp parallel num_threads(threads)
-    gemm_rows(m, x, bias, y, out_features, in_features, tokens, STORE, shared);
+    product(m, x, quantized, bias, y, out_features, in_features, tokens, STORE);
 }
 
 /* s[i] = exp(s[i] - largest) over `length` scores; returns their sum. */
@@ -639,12 +643,6 @@ static void rms_norm(const float *x, const float *weight, float *out, int64_t n,
     }
 }
 
-static void add(float *x, const float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        x[i] += y[i];
-    }
-}
-
 /* The normalization before attention, before the MLP and before the LM head. */
 enum norm { LAYER_NORM, RMS_NORM };
 
@@ -710,7 +708,24 @@ int64_t pcls_decoder_workspace(const struct decoder_shape *shape, int64_t tokens
     widest = attended > widest ? attended : widest;
     return tokens * (3 * shape->hidden + attended + shape->intermediate) +
            qkv_floats(shape, tokens) + shape->heads * tokens * (shape->position + tokens) +
-           quantized_rows_floats(tokens, widest);
+           quantized_rows_floats(tokens, widest) + quantized_rows_floats(tokens, shape->hidden);
+}
+
+/* The rotary embedding of token t's query and key of head `head` (which writes the key and value
+ * into the cache rows of kv head `head`, if there is one). */
+static void rotate_and_cache(const struct decoder_shape *shape, float *qkv, int64_t tokens,
+                             int64_t t, int64_t head, const float *cos, const float *sin,
+                             char *keys, char *values, int64_t stride) {
+    const int64_t rotary_dim = shape->rotary_dim;
+    const float *cos_t = cos + t * rotary_dim, *sin_t = sin + t * rotary_dim;
+    rotate(qkv_part(shape, qkv, tokens, t, head, 0), cos_t, sin_t, rotary_dim);
+    if (head < shape->kv_heads) {
+        float *key = qkv_part(shape, qkv, tokens, t, head, 1);
+        rotate(key, cos_t, sin_t, rotary_dim);
+        cache_row(key, qkv_part(shape, qkv, tokens, t, head, 2), keys + head * stride,
+                  values + head * stride, shape->position + t, shape->head_dim,
+                  (int)shape->kv_half);
+    }
 }
 
 /* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
@@ -720,7 +735,11 @@ int64_t pcls_decoder_workspace(const struct decoder_shape *shape, int64_t tokens
  * (float16 if shape->kv_half, else float32) with room for rows position .. position + tokens -
  * 1, which are written, and token t attends to rows 0 .. position + t; logits[tokens, vocab] =
  * head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix whose scales are
- * NULL is float32, else quantized with shape->bits (gemm_rows). */
+ * NULL is float32, else quantized with shape->bits (product). The threads meet as seldom as
+ * what they share allows: with a parallel residual both norms of a layer come first, the
+ * attention's projection and the MLP's first matrices run without a barrier between them, and
+ * with as many key-value heads as heads each head's rotation, cache rows and attention are one
+ * thread's. */
 void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
                        const float *embeddings, void *const *layer_pointers,
                        const int64_t *head_strides, const float *cos, const float *sin,
@@ -729,20 +748,24 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
                        const float *head_bias, float *workspace, float *logits, int threads) {
     const int64_t hidden = shape->hidden, heads = shape->heads, dim = shape->head_dim;
     const int64_t kv_heads = shape->kv_heads, group = heads / kv_heads;
-    const int64_t inter = shape->intermediate, rotary_dim = shape->rotary_dim;
+    const int64_t inter = shape->intermediate;
     const int64_t attended_width = heads * dim, kv_width = kv_heads * dim;
     const int64_t position = shape->position, span = position + tokens;
     const int bits = (int)shape->bits, kv_half = (int)shape->kv_half;
-    float *x = workspace, *normed = x + tokens * hidden, *projected = normed + tokens * hidden;
-    float *attended = projected + tokens * hidden, *expanded = attended + tokens * attended_width;
+    float *x = workspace, *normed = x + tokens * hidden, *post_normed = normed + tokens * hidden;
+    float *attended = post_normed + tokens * hidden, *expanded = attended + tokens * attended_width;
     float *qkv = expanded + tokens * inter, *scores = qkv + qkv_floats(shape, tokens);
     int64_t widest = inter > hidden ? inter : hidden;
     widest = attended_width > widest ? attended_width : widest;
-    const struct quantized_rows shared =
-        quantized_rows_in(scores + heads * tokens * span, tokens, widest);
+    float *room = scores + heads * tokens * span;
+    /* The quantized input of the next product, and (post_normed quantized) the MLP's. */
+    const struct quantized_rows next = quantized_rows_in(room, tokens, widest);
+    const struct quantized_rows mlp_input =
+        quantized_rows_in(room + quantized_rows_floats(tokens, widest), tokens, hidden);
     const enum row_output activated = shape->activation == GELU_EXACT ? STORE_GELU
                                       : shape->activation == GELU_TANH ? STORE_GELU_TANH
                                                                        : STORE;
+    const int parallel = (int)shape->parallel_residual;
     for (int64_t i = 0; i < tokens * hidden; i++) {
         x[i] = embeddings[i];
     }
@@ -750,81 +773,112 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
     {
         for (int64_t layer = 0; layer < shape->layers; layer++) {
             void *const *p = layer_pointers + layer * LAYER_POINTERS;
-#pragma omp single
-            for (int64_t t = 0; t < tokens; t++) {
-                normalize(shape, x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
-                          normed + t * hidden);
-            }
-            if (shape->fused_qkv) {
-                gemm_rows(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, p[QUERY_BIAS],
-                          qkv, 3 * attended_width, hidden, tokens, STORE, shared);
-            } else {
-                gemm_rows(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, p[QUERY_BIAS],
-                          qkv_part(shape, qkv, tokens, 0, 0, 0), attended_width, hidden, tokens,
-                          STORE, shared);
-                gemm_rows(matrix(p[KEY_WEIGHT], p[KEY_SCALES], bits), normed, p[KEY_BIAS],
-                          qkv_part(shape, qkv, tokens, 0, 0, 1), kv_width, hidden, tokens, STORE,
-                          shared);
-                gemm_rows(matrix(p[VALUE_WEIGHT], p[VALUE_SCALES], bits), normed, p[VALUE_BIAS],
-                          qkv_part(shape, qkv, tokens, 0, 0, 2), kv_width, hidden, tokens, STORE,
-                          shared);
-            }
             const int64_t cached = kv_half ? 2 : 4, stride = head_strides[layer] * cached;
             char *keys = p[KEYS], *values = p[VALUES];
-#pragma omp for schedule(static) collapse(2)
-            for (int64_t head = 0; head < heads; head++) {
+#pragma omp single
+            {
                 for (int64_t t = 0; t < tokens; t++) {
-                    const float *cos_t = cos + t * rotary_dim, *sin_t = sin + t * rotary_dim;
-                    rotate(qkv_part(shape, qkv, tokens, t, head, 0), cos_t, sin_t, rotary_dim);
-                    if (head < kv_heads) {
-                        float *key = qkv_part(shape, qkv, tokens, t, head, 1);
-                        rotate(key, cos_t, sin_t, rotary_dim);
-                        cache_row(key, qkv_part(shape, qkv, tokens, t, head, 2),
-                                  keys + head * stride, values + head * stride, position + t, dim,
-                                  kv_half);
+                    normalize(shape, x + t * hidden, p[INPUT_NORM_WEIGHT], p[INPUT_NORM_BIAS],
+                              normed + t * hidden);
+                    if (parallel) {
+                        normalize(shape, x + t * hidden, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS],
+                                  post_normed + t * hidden);
+                    }
+                }
+                quantize_rows(normed, next, tokens, hidden, bits);
+                if (parallel) {
+                    quantize_rows(post_normed, mlp_input, tokens, hidden, bits);
+                }
+            }
+            if (shape->fused_qkv) {
+                product(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, next,
+                        p[QUERY_BIAS], qkv, 3 * attended_width, hidden, tokens, STORE);
+            } else {
+                product(matrix(p[QUERY_WEIGHT], p[QUERY_SCALES], bits), normed, next,
+                        p[QUERY_BIAS], qkv_part(shape, qkv, tokens, 0, 0, 0), attended_width,
+                        hidden, tokens, STORE);
+                product(matrix(p[KEY_WEIGHT], p[KEY_SCALES], bits), normed, next, p[KEY_BIAS],
+                        qkv_part(shape, qkv, tokens, 0, 0, 1), kv_width, hidden, tokens, STORE);
+                product(matrix(p[VALUE_WEIGHT], p[VALUE_SCALES], bits), normed, next,
+                        p[VALUE_BIAS], qkv_part(shape, qkv, tokens, 0, 0, 2), kv_width, hidden,
+                        tokens, STORE);
+            }
+#pragma omp barrier
+            if (group == 1) {
+#pragma omp for schedule(static)
+                for (int64_t head = 0; head < heads; head++) {
+                    for (int64_t t = 0; t < tokens; t++) {
+                        rotate_and_cache(shape, qkv, tokens, t, head, cos, sin, keys, values,
+                                         stride);
+                    }
+                    for (int64_t t = 0; t < tokens; t++) {
+                        attend_head(qkv_part(shape, qkv, tokens, t, head, 0), keys + head * stride,
+                                    values + head * stride,
+                                    attended + t * attended_width + head * dim,
+                                    scores + (head * tokens + t) * span, position + t + 1, dim,
+                                    shape->scale, kv_half);
+                    }
+                }
+            } else {
+#pragma omp for schedule(static) collapse(2)
+                for (int64_t head = 0; head < heads; head++) {
+                    for (int64_t t = 0; t < tokens; t++) {
+                        rotate_and_cache(shape, qkv, tokens, t, head, cos, sin, keys, values,
+                                         stride);
+                    }
+                }
+#pragma omp for schedule(static) collapse(2)
+                for (int64_t head = 0; head < heads; head++) {
+                    for (int64_t t = 0; t < tokens; t++) {
+                        const int64_t kv_head = head / group;
+                        attend_head(qkv_part(shape, qkv, tokens, t, head, 0),
+                                    keys + kv_head * stride, values + kv_head * stride,
+                                    attended + t * attended_width + head * dim,
+                                    scores + (head * tokens + t) * span, position + t + 1, dim,
+                                    shape->scale, kv_half);
                     }
                 }
             }
-#pragma omp for schedule(static) collapse(2)
-            for (int64_t head = 0; head < heads; head++) {
-                for (int64_t t = 0; t < tokens; t++) {
-                    const int64_t kv_head = head / group;
-                    attend_head(qkv_part(shape, qkv, tokens, t, head, 0),
-                                keys + kv_head * stride, values + kv_head * stride,
-                                attended + t * attended_width + head * dim,
-                                scores + (head * tokens + t) * span, position + t + 1, dim,
-                                shape->scale, kv_half);
-                }
-            }
-            gemm_rows(matrix(p[DENSE_WEIGHT], p[DENSE_SCALES], bits), attended, p[DENSE_BIAS],
-                      projected, hidden, attended_width, tokens, STORE, shared);
 #pragma omp single
-            for (int64_t t = 0; t < tokens; t++) {
-                float *row = x + t * hidden, *row_normed = normed + t * hidden;
-                if (shape->parallel_residual) {
-                    normalize(shape, row, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], row_normed);
-                    add(row, projected + t * hidden, hidden);
-                } else {
-                    add(row, projected + t * hidden, hidden);
-                    normalize(shape, row, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS], row_normed);
+            quantize_rows(attended, next, tokens, attended_width, bits);
+            product(matrix(p[DENSE_WEIGHT], p[DENSE_SCALES], bits), attended, next,
+                    p[DENSE_BIAS], x, hidden, attended_width, tokens, ADD);
+            if (!parallel) {
+#pragma omp barrier
+#pragma omp single
+                {
+                    for (int64_t t = 0; t < tokens; t++) {
+                        normalize(shape, x + t * hidden, p[POST_NORM_WEIGHT], p[POST_NORM_BIAS],
+                                  post_normed + t * hidden);
+                    }
+                    quantize_rows(post_normed, mlp_input, tokens, hidden, bits);
                 }
             }
+            /* The gate's rows and fc_in's are shared out alike: each thread multiplies its
+             * rows of the gate by those of fc_in. */
             if (shape->activation == SILU_GATED) {
-                gemm_rows(matrix(p[GATE_WEIGHT], p[GATE_SCALES], bits), normed, p[GATE_BIAS],
-                          expanded, inter, hidden, tokens, STORE, shared);
+                product(matrix(p[GATE_WEIGHT], p[GATE_SCALES], bits), post_normed, mlp_input,
+                        p[GATE_BIAS], expanded, inter, hidden, tokens, STORE);
             }
-            gemm_rows(matrix(p[FC_IN_WEIGHT], p[FC_IN_SCALES], bits), normed, p[FC_IN_BIAS],
-                      expanded, inter, hidden, tokens,
-                      shape->activation == SILU_GATED ? GATED : activated, shared);
-            gemm_rows(matrix(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], bits), expanded, p[FC_OUT_BIAS],
-                      x, hidden, inter, tokens, ADD, shared);
+            product(matrix(p[FC_IN_WEIGHT], p[FC_IN_SCALES], bits), post_normed, mlp_input,
+                    p[FC_IN_BIAS], expanded, inter, hidden, tokens,
+                    shape->activation == SILU_GATED ? GATED : activated);
+#pragma omp barrier
+#pragma omp single
+            quantize_rows(expanded, next, tokens, inter, bits);
+            product(matrix(p[FC_OUT_WEIGHT], p[FC_OUT_SCALES], bits), expanded, next,
+                    p[FC_OUT_BIAS], x, hidden, inter, tokens, ADD);
+#pragma omp barrier
         }
 #pragma omp single
-        for (int64_t t = 0; t < tokens; t++) {
-            normalize(shape, x + t * hidden, final_norm_weight, final_norm_bias,
-                      normed + t * hidden);
+        {
+            for (int64_t t = 0; t < tokens; t++) {
+                normalize(shape, x + t * hidden, final_norm_weight, final_norm_bias,
+                          normed + t * hidden);
+            }
+            quantize_rows(normed, next, tokens, hidden, bits);
         }
-        gemm_rows(matrix(head_weight, head_scales, bits), normed, head_bias, logits,
-                  shape->vocab, hidden, tokens, STORE, shared);
+        product(matrix(head_weight, head_scales, bits), normed, next, head_bias, logits,
+                shape->vocab, hidden, tokens, STORE);
     }
 }

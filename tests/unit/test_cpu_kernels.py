@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -278,9 +278,22 @@ def _on_the_kernels(plain: nn.Module, bits: int | None, build: str) -> tuple[nn.
     return fast, kernels
 
 
+Model = TypeVar("Model", bound=nn.Module)
+
+
+def _with_norms_not_the_identity(model: Model) -> Model:
+    """`model` with random norm weights and biases, so that a norm computed with another's
+    weights gives other logits; in eval mode."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+    return model.eval()
+
+
 def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeoXForCausalLM:
     torch.manual_seed(7)
-    return GPTNeoXForCausalLM(
+    model = GPTNeoXForCausalLM(
         GPTNeoXConfig(
             vocab_size=300,
             hidden_size=96,
@@ -296,7 +309,8 @@ def _neox(parallel_residual: bool, rotary_share: float, **config: Any) -> GPTNeo
             },
             **config,
         )
-    ).eval()
+    )
+    return _with_norms_not_the_identity(model)
 
 
 @pytest.mark.parametrize(
@@ -419,11 +433,7 @@ def _llama_family(kind: str) -> nn.Module:
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
         model = Starcoder2ForCausalLM(Starcoder2Config(**common, sliding_window=None))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
-    return model.eval()
+    return _with_norms_not_the_identity(model)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "starcoder2"])
