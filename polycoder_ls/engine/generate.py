@@ -108,9 +108,17 @@ def _nucleus(logits: torch.Tensor, params: DecodeParams) -> tuple[torch.Tensor, 
     return sorted_probabilities, order
 
 
+def _argmax(logits: torch.Tensor) -> int:
+    """The first index of the largest logit. For float32 on the CPU through numpy: ~4 us over
+    a 50k vocabulary where torch's reduction takes ~45 (a decode step is ~5 ms)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return int(logits.numpy().argmax())
+    return int(torch.argmax(logits))
+
+
 def _choose(logits: torch.Tensor, params: DecodeParams) -> int:
     if params.temperature <= 0:
-        return int(torch.argmax(logits))
+        return _argmax(logits)
     sorted_probabilities, order = _nucleus(logits, params)
     return int(order[torch.multinomial(sorted_probabilities, 1)])
 
