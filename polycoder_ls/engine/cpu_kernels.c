@@ -728,6 +728,19 @@ static void rotate_and_cache(const struct decoder_shape *shape, float *qkv, int6
     }
 }
 
+/* Token t's attention for head `head` over its key-value head's cache rows, into its part of
+ * `attended` ([tokens, heads * head_dim]); its scores in `scores` ([heads, tokens, position +
+ * tokens]). */
+static void attend_token(const struct decoder_shape *shape, float *qkv, int64_t tokens,
+                         int64_t t, int64_t head, const char *keys, const char *values,
+                         int64_t stride, float *attended, float *scores) {
+    const int64_t dim = shape->head_dim, kv_head = head / (shape->heads / shape->kv_heads);
+    attend_head(qkv_part(shape, qkv, tokens, t, head, 0), keys + kv_head * stride,
+                values + kv_head * stride, attended + (t * shape->heads + head) * dim,
+                scores + (head * tokens + t) * (shape->position + tokens), shape->position + t + 1,
+                dim, shape->scale, (int)shape->kv_half);
+}
+
 /* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
  * shape says which norms, attention and MLP), in one parallel region, each weight matrix read
  * once: `embeddings` holds their input embeddings [tokens, hidden]; cos and sin their rotary
@@ -812,11 +825,8 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
                                          stride);
                     }
                     for (int64_t t = 0; t < tokens; t++) {
-                        attend_head(qkv_part(shape, qkv, tokens, t, head, 0), keys + head * stride,
-                                    values + head * stride,
-                                    attended + t * attended_width + head * dim,
-                                    scores + (head * tokens + t) * span, position + t + 1, dim,
-                                    shape->scale, kv_half);
+                        attend_token(shape, qkv, tokens, t, head, keys, values, stride, attended,
+                                     scores);
                     }
                 }
             } else {
@@ -830,12 +840,8 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
 #pragma omp for schedule(static) collapse(2)
                 for (int64_t head = 0; head < heads; head++) {
                     for (int64_t t = 0; t < tokens; t++) {
-                        const int64_t kv_head = head / group;
-                        attend_head(qkv_part(shape, qkv, tokens, t, head, 0),
-                                    keys + kv_head * stride, values + kv_head * stride,
-                                    attended + t * attended_width + head * dim,
-                                    scores + (head * tokens + t) * span, position + t + 1, dim,
-                                    shape->scale, kv_half);
+                        attend_token(shape, qkv, tokens, t, head, keys, values, stride, attended,
+                                     scores);
                     }
                 }
             }
