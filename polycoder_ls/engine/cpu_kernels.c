@@ -21,6 +21,7 @@
 #include <omp.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline float sum8(__m256 v) {
     __m128 low = _mm256_castps256_ps128(v);
@@ -743,8 +744,8 @@ static void attend_token(const struct decoder_shape *shape, float *qkv, int64_t 
 
 /* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
  * shape says which norms, attention and MLP), in one parallel region, each weight matrix read
- * once: `embeddings` holds their input embeddings [tokens, hidden]; cos and sin their rotary
- * tables [tokens, rotary_dim]; each layer's caches are [kv_heads][head_strides[layer]] values
+ * once: token t's input embedding is row ids[t] of `embeddings` [vocab rows, hidden]; cos and
+ * sin are the tokens' rotary tables [tokens, rotary_dim]; each layer's caches are [kv_heads][head_strides[layer]] values
  * (float16 if shape->kv_half, else float32) with room for rows position .. position + tokens -
  * 1, which are written, and token t attends to rows 0 .. position + t; logits[tokens, vocab] =
  * head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix whose scales are
@@ -754,7 +755,7 @@ static void attend_token(const struct decoder_shape *shape, float *qkv, int64_t 
  * with as many key-value heads as heads each head's rotation, cache rows and attention are one
  * thread's. */
 void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
-                       const float *embeddings, void *const *layer_pointers,
+                       const float *embeddings, const int64_t *ids, void *const *layer_pointers,
                        const int64_t *head_strides, const float *cos, const float *sin,
                        const float *final_norm_weight, const float *final_norm_bias,
                        const void *head_weight, const uint16_t *head_scales,
@@ -779,8 +780,8 @@ void pcls_decoder_step(const struct decoder_shape *shape, int64_t tokens,
                                       : shape->activation == GELU_TANH ? STORE_GELU_TANH
                                                                        : STORE;
     const int parallel = (int)shape->parallel_residual;
-    for (int64_t i = 0; i < tokens * hidden; i++) {
-        x[i] = embeddings[i];
+    for (int64_t t = 0; t < tokens; t++) {
+        memcpy(x + t * hidden, embeddings + ids[t] * hidden, (size_t)hidden * sizeof(float));
     }
 #pragma omp parallel num_threads(threads)
     {

@@ -222,7 +222,7 @@ class CpuKernels:
         library.pcls_attend.restype = None
         library.pcls_decoder_workspace.argtypes = [_POINTER, _INT]
         library.pcls_decoder_workspace.restype = _INT
-        library.pcls_decoder_step.argtypes = [_POINTER, _INT, *[_POINTER] * 12, ctypes.c_int]
+        library.pcls_decoder_step.argtypes = [_POINTER, _INT, *[_POINTER] * 13, ctypes.c_int]
         library.pcls_decoder_step.restype = None
         return cls(library, build)
 
@@ -282,28 +282,30 @@ class CpuKernels:
         self,
         shape: DecoderShape,
         embeddings: torch.Tensor,
+        ids: ctypes.Array[Any],
         layer_pointers: ctypes.Array[Any],
         head_strides: ctypes.Array[Any],
-        rotary: tuple[torch.Tensor, torch.Tensor],
+        rotary: tuple[int, int],
         final_norm: tuple[torch.Tensor, torch.Tensor | None],
         head: tuple[torch.Tensor | QuantizedWeight, torch.Tensor | None],
     ) -> torch.Tensor:
-        """New tokens through a whole decoder model (pcls_decoder_step in cpu_kernels.c):
-        `embeddings` [tokens, hidden]; `layer_pointers` (pointer_array) holds each layer's
-        weights, biases and cache rows in the C order; `head_strides` (int_array) the elements
-        between two heads' cache rows of each layer; `rotary` the cos and sin [tokens,
-        rotary_dim] of the tokens' positions. Returns the logits [tokens, vocab]."""
-        tokens = embeddings.shape[0]
+        """New tokens through a whole decoder model (pcls_decoder_step in cpu_kernels.c): the
+        token `ids` (int_array), whose input embeddings are rows of `embeddings` [rows,
+        hidden]; `layer_pointers` (pointer_array) holds each layer's weights, biases and cache
+        rows in the C order; `head_strides` (int_array) the elements between two heads' cache
+        rows of each layer; `rotary` points to the cos and sin [tokens, rotary_dim] of the
+        tokens' positions. Returns the logits [tokens, vocab]."""
+        tokens = len(ids)
         workspace = torch.empty(self.library.pcls_decoder_workspace(ctypes.byref(shape), tokens))
         logits = torch.empty(tokens, shape.vocab, dtype=torch.float32)
         self.library.pcls_decoder_step(
             ctypes.byref(shape),
             tokens,
             embeddings.data_ptr(),
+            ids,
             layer_pointers,
             head_strides,
-            rotary[0].data_ptr(),
-            rotary[1].data_ptr(),
+            *rotary,
             *(optional_pointer(tensor) for tensor in final_norm),
             *weight_pointers(head[0]),
             optional_pointer(head[1]),

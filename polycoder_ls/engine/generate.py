@@ -326,7 +326,7 @@ class Generator:
         reused = len(state.token_ids)
         generated: list[int] = []
         text, was_cancelled, prefilled, forwards = "", False, started, 0
-        text_of = self.loaded.text_after(prompt)
+        text_of = self.loaded.growing_text_after(prompt)
         step = self.loaded.token_step
         drafts = params.draft_tokens > 0 and step is not None and step.verifies_drafts
         lookup = PromptLookup(prompt) if drafts else None

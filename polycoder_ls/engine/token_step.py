@@ -33,7 +33,7 @@ from .cpu_kernels import (
     weight_bits,
     weight_pointers,
 )
-from .kv_cache import PreallocatedLayer
+from .kv_cache import PreallocatedLayer, allocated_rows
 
 Getter = Callable[[Any], Any]
 
@@ -179,6 +179,44 @@ def sliding_window(config: Any) -> int | None:
     return getattr(config, "sliding_window", None)
 
 
+class RotaryTables:
+    """The cos and sin [positions, rotary_dim] that the model's rotary module computes for
+    positions, kept where they do not depend on the sequence's length (the default rope type):
+    rows for whole growth steps of positions at a time, then read in place (the module's call
+    took ~150 us of each token's step). Otherwise computed for each step's positions."""
+
+    def __init__(self, rotary_module: Any, like: torch.Tensor) -> None:
+        self.module = rotary_module
+        self.like = like
+        self.kept = getattr(rotary_module, "rope_type", None) == "default"
+        self.start = self.end = 0
+        self.row_bytes = 0
+        self.tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._starts = (0, 0)
+        """Where the tables' first rows are."""
+        self.rotary_dim = self._compute(0, 1)
+
+    def _compute(self, start: int, end: int) -> int:
+        positions = torch.arange(start, end)[None]
+        cos, sin = self.module(self.like, positions)
+        self.tables = (cos[0].contiguous(), sin[0].contiguous())
+        self.start, self.end = start, end
+        self.row_bytes = self.tables[0].stride(0) * self.tables[0].element_size()
+        self._starts = (self.tables[0].data_ptr(), self.tables[1].data_ptr())
+        return int(cos.shape[-1])
+
+    def pointers(self, position: int, tokens: int) -> tuple[int, int]:
+        """Where the cos and sin rows of `tokens` positions from `position` start."""
+        end = position + tokens
+        if not self.kept:
+            self._compute(position, end)
+        elif end > self.end:
+            self._compute(0, allocated_rows(max(end, 2 * self.end)))
+        assert self.start <= position
+        offset = (position - self.start) * self.row_bytes
+        return self._starts[0] + offset, self._starts[1] + offset
+
+
 class TokenStep:
     """Logits for new tokens after the tokens in a preallocated cache (which it extends),
     computed by the CPU kernels for a float32 model of one of FAMILIES. It runs on the weights
@@ -199,8 +237,11 @@ class TokenStep:
         self._weight_pointers = list(map(_layer_pointers, self._weights))
         head = model.get_output_embeddings()
         self._head = (getattr(head, "decode_weight", head.weight), head.bias)
-        self._final_norm = getattr(self.base, family.final_norm)
+        final_norm = getattr(self.base, family.final_norm)
+        self._final_norm = (final_norm.weight, getattr(final_norm, "bias", None))
         self._embeddings = model.get_input_embeddings().weight
+        self._rows = len(self._embeddings)
+        self._rotary = RotaryTables(self.base.rotary_emb, self._embeddings[:1])
         self._placed: tuple[Any, ctypes.Array[Any], ctypes.Array[Any]] | None = None
         """The cache buffers' places last seen (PreallocatedLayer.buffer_pointers) and the
         arrays the C step reads them from."""
@@ -269,26 +310,27 @@ class TokenStep:
         """The logits after `tokens`, whose keys and values are appended to `cache`: [vocab]
         after one token, [len(tokens), vocab] after a list (each after the ones before it)."""
         ids = [tokens] if isinstance(tokens, int) else tokens
+        if not all(0 <= token < self._rows for token in ids):
+            raise IndexError(f"token ids {ids} outside the {self._rows} embeddings")
         position = cache.get_seq_length()
         layers = [layer for layer in cache.layers if isinstance(layer, PreallocatedLayer)]
         assert len(layers) == len(cache.layers)
         for layer in layers:
             layer.grow(len(ids))
-        embeddings = self._embeddings[ids]
-        positions = torch.arange(position, position + len(ids))[None]
-        cos, sin = self.base.rotary_emb(embeddings, positions)
+        rotary = self._rotary.pointers(position, len(ids))
         shape = DecoderShape(
             **self.shape,
-            rotary_dim=cos.shape[-1],
+            rotary_dim=self._rotary.rotary_dim,
             position=position,
             kv_half=int(layers[0].stored_dtype == torch.float16),
         )
         logits = self.kernels.decoder_step(
             shape,
-            embeddings,
+            self._embeddings,
+            int_array(ids),
             *self._cache_pointers(layers),
-            (cos.reshape(len(ids), -1).contiguous(), sin.reshape(len(ids), -1).contiguous()),
-            (self._final_norm.weight, getattr(self._final_norm, "bias", None)),
+            rotary,
+            self._final_norm,
             self._head,
         )
         return logits[0] if isinstance(tokens, int) else logits

@@ -251,13 +251,14 @@ def test_a_model_on_the_kernels_decodes_what_torch_decodes(tiny_model: Path):
 def _assert_close(got: torch.Tensor, expected: torch.Tensor, bits: int | None) -> None:
     """Float32: equal up to summation order. Quantized activations: an activation within 1e-7 of
     a rounding boundary may round the other way in one of the two (their float32 sums differ in
-    the last bits), which moves a logit of these models by up to ~1e-2, and on average by much
-    less; a wrong scale, group or offset moves them by far more."""
+    the last bits), which moves a logit of these models by up to ~1e-2 and the mean difference
+    by up to a few 1e-3 (one such flip: 8e-3 and 2.2e-3 on a Xeon's AVX2 build; without one,
+    ~1e-6 and ~3e-7); a wrong scale, group or offset moves them by far more."""
     if bits is None:
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         return
     difference = (got - expected).abs()
-    assert float(difference.max()) < 3e-2 and float(difference.mean()) < 2e-3
+    assert float(difference.max()) < 3e-2 and float(difference.mean()) < 5e-3
 
 
 def _caches(plain: nn.Module, bits: int | None, tokens: int) -> tuple[DynamicCache, DynamicCache]:
@@ -441,6 +442,41 @@ def _llama_family(kind: str) -> nn.Module:
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_step_computes_what_transformers_computes_for_the_llama_family(kind, bits, build):
     _decodes_as_transformers(_llama_family(kind), bits, build, greedy_steps=6, chunk=(5, 9, 250, 3))
+
+
+def test_the_step_computes_the_rotation_of_a_rope_that_depends_on_the_length():
+    """Dynamic NTK scaling: the rotary angles change once the sequence is longer than the
+    model's positions (128 here, before a 250-token prompt), so the step cannot keep them from
+    one token to the next as it keeps the default rope's."""
+    torch.manual_seed(11)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        initializer_range=0.1,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+    )
+    plain = _with_norms_not_the_identity(LlamaForCausalLM(config))
+    _decodes_as_transformers(plain, None, next(iter(BUILDS)), greedy_steps=6, chunk=(5, 9, 3))
+
+
+def test_a_token_outside_the_embeddings_is_refused_and_the_cache_left_as_it_was():
+    fast, kernels = _on_the_kernels(_neox(False, 0.25), None, next(iter(BUILDS)))
+    step = TokenStep.for_model(fast, kernels)
+    assert step is not None
+    cache = preallocated_cache(3, 8)
+    rows = len(fast.get_input_embeddings().weight)
+    with torch.inference_mode():
+        fast(input_ids=torch.tensor([[1, 2, 3]]), cache=cache)
+        for outside in (rows, -1):
+            with pytest.raises(IndexError):
+                step([4, outside], cache)
+        assert cache.get_seq_length() == 3
+        assert step(rows - 1, cache).shape == (300,)
 
 
 def test_the_decode_step_is_left_to_transformers_where_it_would_differ():

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from reference import ReferenceModel, as_quantized_server
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from polycoder_ls.config import Settings
 from polycoder_ls.engine.cpu_kernels import BF16_MIN_ROWS
@@ -294,7 +296,8 @@ def test_sampling_speculates_and_keeps_the_cache_as_its_tokens(nano):
         assert kept.cache.get_seq_length() == len(kept.token_ids)
         assert kept.token_ids[: len(prompt)] == prompt
         fed = kept.token_ids[len(prompt) :]
-        assert len(fed) == stats.generated_tokens - 1
+        # The last token is fed only when an end-of-text token, not the limit, came after it.
+        assert len(fed) == stats.generated_tokens - (stats.generated_tokens == warm.max_new_tokens)
         assert text.startswith(nano.decode(fed))
     assert forwards < tokens, "drafts were kept while sampling"
 
@@ -309,3 +312,43 @@ def test_no_speculation_where_the_whole_model_step_does_not_compute(nano):
     assert stats.decode_forwards == stats.generated_tokens - 1
     _, stats = Generator(nano).generate("a", prompt, speculative, never, never)
     assert stats.decode_forwards < stats.generated_tokens - 1
+
+
+def _sentencepiece_like(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` with a Llama-style tokenizer: words start with "▁" (a space, dropped at the
+    start of a text), bytes of rare characters as tokens of their own."""
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens]
+    )
+    code = Path(__file__).read_text(encoding="utf-8")
+    tokenizer.train_from_iterator([code] * 3, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, clean_up_tokenization_spaces=False
+    )
+    return replace(loaded, tokenizer=wrapped, vocab_limit=len(wrapped))
+
+
+@pytest.mark.parametrize("which", ["tiny", "nano", "sentencepiece"])
+def test_the_text_of_tokens_decoded_as_they_come_is_the_text_of_all_of_them(which, loaded, nano):
+    """Every prefix of a sequence of tokens: code with characters of several bytes (split over
+    tokens, so some prefixes end inside one), then tokens drawn at random."""
+    model = {"tiny": loaded, "nano": nano, "sentencepiece": _sentencepiece_like(loaded)}[which]
+    context = model.tokenize("def naïve(x):\n    return x  # ")[0]
+    generated = model.tokenize("« déjà vu » 日本語 🙂 ok\n\t  x = 'ü'\n")[0]
+    rows = min(len(model.tokenizer), model.vocab_limit)
+    generated += random.Random(3).choices(range(rows), k=120)
+    growing = model.growing_text_after(context)
+    whole = model.text_after(context)
+    for length in range(1, len(generated) + 1):
+        assert growing(generated[:length]) == whole(generated[:length]), length
