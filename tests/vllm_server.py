@@ -22,6 +22,7 @@ VLLM_PYTHON = Path(os.environ.get("POLYCODER_VLLM_PYTHON", ROOT / ".vllm-venv" /
 SERVED_NAME = "polycoder-test"
 API_KEY = "team-secret"
 START_SECONDS = 900.0
+RECEIVED = re.compile(r"Received request (\S+): params: SamplingParams\(.*?max_tokens=(\d+)")
 METRIC_LINE = re.compile(r"^([a-zA-Z_:]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
 
 
@@ -138,6 +139,22 @@ class VllmServer:
         ]
         assert values, f"no metric {name}"
         return sum(values)
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def streams_received(self, since: int) -> list[str]:
+        """The ids of the requests for more than one token that the server received after
+        `since` bytes of its log, in order."""
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
+        return [found.group(1) for found in RECEIVED.finditer(text) if int(found.group(2)) > 1]
+
+    def aborted(self, request_id: str) -> bool:
+        """Whether the server aborted request `request_id` (its client closed the stream
+        before it ended), from its log."""
+        return f"Request {request_id} aborted." in self.log_path.read_text(errors="replace")
 
     def aborted_requests(self) -> int:
         """Requests the server aborted (a client closed the stream), from its log."""

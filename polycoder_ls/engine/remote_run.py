@@ -63,7 +63,7 @@ class RemoteRun:
         self._cancel = cancel
         self._tokenizer_lock = tokenizer_lock
         self._vocabulary = connection.vocabulary
-        self._text_of = connection.vocabulary.text_after(plan.prompt.token_ids)
+        self._text_of = connection.vocabulary.growing_text_after(plan.prompt.token_ids)
         self.generated: list[int] = []
         self.text = ""
         self.cached_tokens: int | None = None

@@ -189,20 +189,19 @@ class RotaryTables:
         self.module = rotary_module
         self.like = like
         self.kept = getattr(rotary_module, "rope_type", None) == "default"
-        self.start = self.end = 0
-        self.row_bytes = 0
-        self.tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.start = self.end = self.row_bytes = 0
+        self._tables: tuple[torch.Tensor, torch.Tensor] = (like, like)
+        """Kept alive: the C step reads them where _starts says."""
         self._starts = (0, 0)
-        """Where the tables' first rows are."""
         self.rotary_dim = self._compute(0, 1)
 
     def _compute(self, start: int, end: int) -> int:
         positions = torch.arange(start, end)[None]
         cos, sin = self.module(self.like, positions)
-        self.tables = (cos[0].contiguous(), sin[0].contiguous())
+        cos, sin = self._tables = (cos[0].contiguous(), sin[0].contiguous())
         self.start, self.end = start, end
-        self.row_bytes = self.tables[0].stride(0) * self.tables[0].element_size()
-        self._starts = (self.tables[0].data_ptr(), self.tables[1].data_ptr())
+        self.row_bytes = cos.stride(0) * cos.element_size()
+        self._starts = (cos.data_ptr(), sin.data_ptr())
         return int(cos.shape[-1])
 
     def pointers(self, position: int, tokens: int) -> tuple[int, int]:
