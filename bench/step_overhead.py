@@ -92,7 +92,10 @@ def main() -> None:
         "tokens": args.tokens,
         "rounds": rounds,
         "pythonMsPerTokenMin": min(round_["pythonMsPerToken"] for round_ in rounds),
-        "fullCollectionMs": {"modelSetAside": round(frozen_ms, 1), "asPython": round(unfrozen_ms, 1)},
+        "fullCollectionMs": {
+            "modelSetAside": round(frozen_ms, 1),
+            "asPython": round(unfrozen_ms, 1),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
