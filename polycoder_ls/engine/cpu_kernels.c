@@ -745,11 +745,12 @@ static void attend_token(const struct decoder_shape *shape, float *qkv, int64_t 
 /* `tokens` new tokens through a whole decoder model (GPT-NeoX, Llama, Qwen2, Starcoder2: the
  * shape says which norms, attention and MLP), in one parallel region, each weight matrix read
  * once: token t's input embedding is row ids[t] of `embeddings` [vocab rows, hidden]; cos and
- * sin are the tokens' rotary tables [tokens, rotary_dim]; each layer's caches are [kv_heads][head_strides[layer]] values
- * (float16 if shape->kv_half, else float32) with room for rows position .. position + tokens -
- * 1, which are written, and token t attends to rows 0 .. position + t; logits[tokens, vocab] =
- * head_weight @ final_norm(hidden) + head_bias (NULL biases are zero). A matrix whose scales are
- * NULL is float32, else quantized with shape->bits (product). The threads meet as seldom as
+ * sin are the tokens' rotary tables [tokens, rotary_dim]; each layer's caches are
+ * [kv_heads][head_strides[layer]] values (float16 if shape->kv_half, else float32) with room for
+ * rows position .. position + tokens - 1, which are written, and token t attends to rows 0 ..
+ * position + t; logits[tokens, vocab] = head_weight @ final_norm(hidden) + head_bias (NULL
+ * biases are zero). A matrix whose scales are NULL is float32, else quantized with shape->bits
+ * (product). The threads meet as seldom as
  * what they share allows: with a parallel residual both norms of a layer come first, the
  * attention's projection and the MLP's first matrices run without a barrier between them, and
  * with as many key-value heads as heads each head's rotation, cache rows and attention are one
