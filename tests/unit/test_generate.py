@@ -352,3 +352,13 @@ def test_the_text_of_tokens_decoded_as_they_come_is_the_text_of_all_of_them(whic
     whole = model.text_after(context)
     for length in range(1, len(generated) + 1):
         assert growing(generated[:length]) == whole(generated[:length]), length
+
+
+@pytest.mark.parametrize("which", ["tiny", "sentencepiece"])
+def test_the_text_of_tokens_is_what_the_tokenizer_itself_decodes(which, loaded):
+    """LoadedModel.decode may skip transformers' wrapper: the same text, special tokens left
+    out, as transformers' own decode gives."""
+    model = loaded if which == "tiny" else _sentencepiece_like(loaded)
+    ids = model.tokenize("x = 'déjà vu 🙂'\n")[0] + sorted(model.special_ids)
+    ids += random.Random(5).choices(range(min(len(model.tokenizer), model.vocab_limit)), k=60)
+    assert model.decode(ids) == model.tokenizer.decode(ids, skip_special_tokens=True)
