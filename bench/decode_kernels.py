@@ -44,17 +44,18 @@ def matrix_vector(kernels: CpuKernels, inputs: int, outputs: int) -> tuple[float
     return linear, input_major, kernel
 
 
-def attention(kernels: CpuKernels) -> tuple[float, float]:
-    """GB/s of keys and values streamed by 12 layers' attention: SDPA, the kernel."""
+def attention(kernels: CpuKernels, cached: torch.dtype) -> tuple[float, float]:
+    """GB/s of keys and values (of type `cached`) streamed by 12 layers' attention: SDPA, the
+    kernel."""
     caches = [
         (
-            torch.randn(1, HEADS, 2048, HEAD_DIM)[:, :, :CONTEXT],
-            torch.randn(1, HEADS, 2048, HEAD_DIM)[:, :, :CONTEXT],
+            torch.randn(1, HEADS, 2048, HEAD_DIM).to(cached)[:, :, :CONTEXT],
+            torch.randn(1, HEADS, 2048, HEAD_DIM).to(cached)[:, :, :CONTEXT],
         )
         for _ in range(LAYERS)
     ]
-    query = torch.randn(1, HEADS, 1, HEAD_DIM)
-    flat_query = query[0, :, 0].contiguous()
+    query = torch.randn(1, HEADS, 1, HEAD_DIM).to(cached)
+    flat_query = query[0, :, 0].float().contiguous()
     nbytes = sum(keys.nbytes + values.nbytes for keys, values in caches)
     sdpa = gb_per_s(
         lambda: [functional.scaled_dot_product_attention(query, k, v) for k, v in caches], nbytes
@@ -82,8 +83,10 @@ def main() -> None:
     for inputs, outputs in SHAPES:
         linear, input_major, kernel = matrix_vector(kernels, inputs, outputs)
         print(f"| {inputs} -> {outputs} | {linear:.1f} | {input_major:.1f} | {kernel:.1f} |")
-    sdpa, kernel = attention(kernels)
-    print(f"| attention, {CONTEXT} tokens x {LAYERS} layers | SDPA {sdpa:.1f} | | {kernel:.1f} |")
+    for cached in (torch.float32, torch.float16):
+        sdpa, kernel = attention(kernels, cached)
+        what = f"attention, {CONTEXT} tokens x {LAYERS} layers, {cached}"
+        print(f"| {what} | SDPA {sdpa:.1f} | | {kernel:.1f} |")
 
 
 if __name__ == "__main__":

@@ -518,64 +518,142 @@ static void attend_head_any(const float *q, const void *k, const void *v, float 
     }
 }
 
-enum { MAX_BLOCKS = 16 };
+/* The sums of 8 vectors: [sum(a[0]), ..., sum(a[7])]. */
+static inline __m256 sums_of_8(const __m256 *a) {
+    const __m256 h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 h4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                         _mm256_permute2f128_ps(h0123, h4567, 0x31));
+}
 
-/* attend_head_any for a dim of `blocks` * 8 floats, known when this is inlined: the query and
- * the output stay in registers while the keys and values stream past. */
-static inline __attribute__((always_inline)) void attend_head_blocks(
-    const float *q, const void *k, const void *v, float *o, float *s, int64_t length,
-    const int blocks, float scale, const int half) {
-    const int64_t dim = 8 * blocks;
-    __m256 query[MAX_BLOCKS], out[MAX_BLOCKS];
-    for (int b = 0; b < blocks; b++) {
-        query[b] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * b), _mm256_set1_ps(scale));
-        out[b] = _mm256_setzero_ps();
+static inline float largest8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* The attention's vectors: 16 floats where the build has AVX-512, else 8. */
+#ifdef __AVX512F__
+enum { LANES = 16 };
+typedef __m512 lanes;
+static inline lanes load_lanes_of(const void *rows, int64_t at, int half) {
+    if (half) {
+        return _mm512_cvtph_ps(
+            _mm256_loadu_si256((const __m256i *)((const uint16_t *)rows + at)));
     }
-    float largest = 0.0f;
-    for (int64_t position = 0; position < length; position++) {
-        const int64_t row = position * dim;
-        __m256 even = _mm256_mul_ps(query[0], load8(k, row, half));
-        __m256 odd = _mm256_setzero_ps();
-        for (int b = 1; b < blocks; b++) {
-            if (b % 2) {
-                odd = _mm256_fmadd_ps(query[b], load8(k, row + 8 * b, half), odd);
-            } else {
-                even = _mm256_fmadd_ps(query[b], load8(k, row + 8 * b, half), even);
-            }
+    return _mm512_loadu_ps((const float *)rows + at);
+}
+/* The 8 sums of v's two halves. */
+static inline __m256 folded(lanes v) {
+    const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return _mm256_add_ps(_mm512_castps512_ps256(v), high);
+}
+#define LANES_FMA _mm512_fmadd_ps
+#define LANES_MUL _mm512_mul_ps
+#define LANES_ADD _mm512_add_ps
+#define LANES_SET _mm512_set1_ps
+#define LANES_LOAD _mm512_loadu_ps
+#define LANES_STORE _mm512_storeu_ps
+#else
+enum { LANES = 8 };
+typedef __m256 lanes;
+static inline lanes load_lanes_of(const void *rows, int64_t at, int half) {
+    return load8(rows, at, half);
+}
+static inline __m256 folded(lanes v) { return v; }
+#define LANES_FMA _mm256_fmadd_ps
+#define LANES_MUL _mm256_mul_ps
+#define LANES_ADD _mm256_add_ps
+#define LANES_SET _mm256_set1_ps
+#define LANES_LOAD _mm256_loadu_ps
+#define LANES_STORE _mm256_storeu_ps
+#endif
+
+enum { MAX_PARTS = 128 / LANES, KEYS_AHEAD_BYTES = 2048 };
+
+/* The dot product of the query's `parts` vectors with the cached row at `row`, folded to 8. */
+static inline __attribute__((always_inline)) __m256 dot_row(const lanes *query, const void *k,
+                                                            int64_t row, int parts, int half) {
+    lanes sum = LANES_MUL(query[0], load_lanes_of(k, row, half));
+    for (int part = 1; part < parts; part++) {
+        sum = LANES_FMA(query[part], load_lanes_of(k, row + LANES * part, half), sum);
+    }
+    return folded(sum);
+}
+
+/* attend_head_any for a dim of `parts` vectors, known when this is inlined: the query and the
+ * output stay in registers while the keys and values stream past. Eight positions' scores are
+ * summed together, and while the keys stream in, the values are fetched into the cache ahead of
+ * their own pass: one stream at a time read from memory left it idle between requests. */
+static inline __attribute__((always_inline)) void attend_head_parts(
+    const float *q, const void *k, const void *v, float *o, float *s, int64_t length,
+    const int parts, float scale, const int half) {
+    const int64_t dim = (int64_t)LANES * parts, row_bytes = dim * (half ? 2 : 4);
+    lanes query[MAX_PARTS], out[MAX_PARTS], odd_out[MAX_PARTS];
+    for (int part = 0; part < parts; part++) {
+        query[part] = LANES_MUL(LANES_LOAD(q + LANES * part), LANES_SET(scale));
+        out[part] = odd_out[part] = LANES_SET(0.0f);
+    }
+    __m256 most = _mm256_set1_ps(-INFINITY);
+    int64_t position = 0;
+    for (; position + 8 <= length; position += 8) {
+        const char *keys = (const char *)k + position * row_bytes;
+        const char *values = (const char *)v + position * row_bytes;
+        for (int64_t line = 0; line < 8 * row_bytes; line += 64) {
+            _mm_prefetch(keys + KEYS_AHEAD_BYTES + line, _MM_HINT_T0);
+            _mm_prefetch(values + line, _MM_HINT_T1);
         }
-        s[position] = sum8(_mm256_add_ps(even, odd));
-        largest = position == 0 || s[position] > largest ? s[position] : largest;
+        __m256 dots[8];
+        for (int j = 0; j < 8; j++) {
+            dots[j] = dot_row(query, k, (position + j) * dim, parts, half);
+        }
+        const __m256 scores = sums_of_8(dots);
+        _mm256_storeu_ps(s + position, scores);
+        most = _mm256_max_ps(most, scores);
+    }
+    float largest = largest8(most);
+    for (; position < length; position++) {
+        s[position] = sum8(dot_row(query, k, position * dim, parts, half));
+        largest = s[position] > largest ? s[position] : largest;
     }
     float total = exponentiate(s, length, largest);
-    for (int64_t position = 0; position < length; position++) {
-        const int64_t row = position * dim;
-        __m256 weight = _mm256_set1_ps(s[position]);
-        for (int b = 0; b < blocks; b++) {
-            out[b] = _mm256_fmadd_ps(weight, load8(v, row + 8 * b, half), out[b]);
+    for (position = 0; position + 2 <= length; position += 2) {
+        const lanes even_weight = LANES_SET(s[position]), odd_weight = LANES_SET(s[position + 1]);
+        for (int part = 0; part < parts; part++) {
+            const int64_t at = position * dim + LANES * part;
+            out[part] = LANES_FMA(even_weight, load_lanes_of(v, at, half), out[part]);
+            odd_out[part] = LANES_FMA(odd_weight, load_lanes_of(v, at + dim, half), odd_out[part]);
         }
     }
-    __m256 inverse = _mm256_set1_ps(1.0f / total);
-    for (int b = 0; b < blocks; b++) {
-        _mm256_storeu_ps(o + 8 * b, _mm256_mul_ps(out[b], inverse));
+    if (position < length) {
+        const lanes weight = LANES_SET(s[position]);
+        for (int part = 0; part < parts; part++) {
+            out[part] = LANES_FMA(weight, load_lanes_of(v, position * dim + LANES * part, half),
+                                  out[part]);
+        }
+    }
+    const lanes inverse = LANES_SET(1.0f / total);
+    for (int part = 0; part < parts; part++) {
+        LANES_STORE(o + LANES * part, LANES_MUL(LANES_ADD(out[part], odd_out[part]), inverse));
     }
 }
 
-/* attend_head_blocks with its dim and the cache's type known when inlined. */
-#define ATTEND_BLOCKS(blocks)                                                              \
-    (half ? attend_head_blocks(q, k, v, o, s, length, blocks, scale, 1)                    \
-          : attend_head_blocks(q, k, v, o, s, length, blocks, scale, 0))
+/* attend_head_parts with its dim and the cache's type known when inlined. */
+#define ATTEND_PARTS(dim)                                                                  \
+    (half ? attend_head_parts(q, k, v, o, s, length, (dim) / LANES, scale, 1)              \
+          : attend_head_parts(q, k, v, o, s, length, (dim) / LANES, scale, 0))
 
 static void attend_head(const float *q, const void *k, const void *v, float *o, float *s,
                         int64_t length, int64_t dim, float scale, int half) {
     switch (dim) {
     case 64:
-        ATTEND_BLOCKS(8);
+        ATTEND_PARTS(64);
         break;
     case 80:
-        ATTEND_BLOCKS(10);
+        ATTEND_PARTS(80);
         break;
     case 128:
-        ATTEND_BLOCKS(16);
+        ATTEND_PARTS(128);
         break;
     default:
         attend_head_any(q, k, v, o, s, length, dim, scale, half);
@@ -583,15 +661,18 @@ static void attend_head(const float *q, const void *k, const void *v, float *o, 
 }
 
 /* Attention of one query per head over `length` cached positions.
- * query: [heads, dim]; keys, values: rows of `dim` floats, `head_stride` floats between heads;
- * out: [heads, dim]; scores: scratch of heads * length floats. */
-void pcls_attend(const float *query, const float *keys, const float *values, float *out,
+ * query: [heads, dim]; keys, values: rows of `dim` values (float16 if `half`, else float32),
+ * `head_stride` values between heads; out: [heads, dim]; scores: scratch of heads * length
+ * floats. */
+void pcls_attend(const float *query, const void *keys, const void *values, float *out,
                  float *scores, int64_t heads, int64_t length, int64_t dim, int64_t head_stride,
-                 float scale, int threads) {
+                 int half, float scale, int threads) {
+    const int64_t stride_bytes = head_stride * (half ? 2 : 4);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t head = 0; head < heads; head++) {
-        attend_head(query + head * dim, keys + head * head_stride, values + head * head_stride,
-                    out + head * dim, scores + head * length, length, dim, scale, 0);
+        attend_head(query + head * dim, (const char *)keys + head * stride_bytes,
+                    (const char *)values + head * stride_bytes, out + head * dim,
+                    scores + head * length, length, dim, scale, half);
     }
 }
 

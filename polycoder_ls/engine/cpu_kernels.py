@@ -218,7 +218,8 @@ class CpuKernels:
         library.pcls_gemm.restype = None
         library.pcls_gemm_workspace.argtypes = [_INT, _INT]
         library.pcls_gemm_workspace.restype = _INT
-        library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_float, ctypes.c_int]
+        library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_int, ctypes.c_float]
+        library.pcls_attend.argtypes += [ctypes.c_int]
         library.pcls_attend.restype = None
         library.pcls_decoder_workspace.argtypes = [_POINTER, _INT]
         library.pcls_decoder_workspace.restype = _INT
@@ -259,7 +260,8 @@ class CpuKernels:
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
     ) -> torch.Tensor:
         """Softmax attention of one query per head: query [heads, dim] contiguous; keys and
-        values [heads, length, dim] with contiguous rows and equal strides. Returns [heads, dim]."""
+        values [heads, length, dim] (float32, or both float16) with contiguous rows and equal
+        strides. Returns [heads, dim]."""
         heads, length, dim = keys.shape
         out = torch.empty(heads, dim, dtype=torch.float32)
         scores = torch.empty(heads * length, dtype=torch.float32)
@@ -273,6 +275,7 @@ class CpuKernels:
             length,
             dim,
             keys.stride(0),
+            int(keys.dtype == torch.float16),
             scale,
             torch.get_num_threads(),
         )

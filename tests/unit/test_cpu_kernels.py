@@ -70,20 +70,22 @@ def test_matrix_vector_product_matches_torch(kernels, inputs, outputs):
     torch.testing.assert_close(kernels.gemm(weight, row, None), weight @ row, **close)
 
 
+@pytest.mark.parametrize("cached", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
-    ("heads", "length", "dim"), [(12, 1900, 64), (4, 1, 80), (2, 5, 128), (3, 37, 13)]
+    ("heads", "length", "dim"),
+    [(12, 1900, 64), (4, 1, 80), (2, 5, 128), (3, 37, 13), (3, 8, 64), (4, 17, 80), (2, 23, 128)],
 )
 def test_single_query_attention_matches_sdpa_over_a_cache_with_room_to_spare(
-    kernels, heads, length, dim
+    kernels, heads, length, dim, cached
 ):
     torch.manual_seed(length)
     capacity = length + 9
-    keys = torch.randn(1, heads, capacity, dim)[:, :, :length]
-    values = torch.randn(1, heads, capacity, dim)[:, :, :length]
+    keys = torch.randn(1, heads, capacity, dim).to(cached)[:, :, :length]
+    values = torch.randn(1, heads, capacity, dim).to(cached)[:, :, :length]
     query = torch.randn(1, heads, 1, dim) * 3
-    expected = functional.scaled_dot_product_attention(query, keys, values)[0, :, 0]
+    expected = functional.scaled_dot_product_attention(query, keys.float(), values.float())
     got = kernels.attend(query[0, :, 0].contiguous(), keys[0], values[0], dim**-0.5)
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, expected[0, :, 0])
 
 
 def test_kernel_linear_equals_nn_linear_for_rows_and_sequences(kernels):
