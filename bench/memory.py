@@ -5,10 +5,20 @@ reduction) and polycoder-ls's matrix-vector kernel (falling back to the sum alon
 kernel cannot run), read right before and right after the decode it is the floor of (the
 bandwidth of this shared machine drifts by 20 % over minutes). Taking the best makes the floor
 as low as this machine allows.
+
+The reads run in a process of their own: torch's threads reading in the measuring process make
+a second OpenMP thread team beside the engine's, and with more of libgomp's threads than cores
+the engine's threads then wait between parallel regions asleep instead of spinning: its decode
+steps (dozens of barriers each) took 25-35 % longer for the rest of the process.
+
+    python bench/memory.py   prints the reads as JSON
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,7 +41,14 @@ def _best_gbps(read: Any, nbytes: int) -> float:
 
 
 def bandwidth_gbps() -> dict[str, float]:
-    """GB/s read by a reduction, by the kernel, and the best of the two."""
+    """GB/s read by a reduction, by the kernel, and the best of the two (in a process of its
+    own)."""
+    done = subprocess.run([sys.executable, __file__], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+def _read_bandwidth_gbps() -> dict[str, float]:
     from polycoder_ls.engine.cpu_kernels import CpuKernels, KernelUnavailable
 
     matrix = torch.ones(READ_BYTES // 4 // 1024, 1024)
@@ -69,3 +86,7 @@ def bytes_per_decode_step(
     element = (kv_storage or next(model.parameters()).dtype).itemsize
     kv = config.num_hidden_layers * 2 * context * config.hidden_size * element
     return weights, kv
+
+
+if __name__ == "__main__":
+    print(json.dumps(_read_bandwidth_gbps()))
