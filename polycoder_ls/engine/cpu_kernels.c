@@ -15,11 +15,12 @@
  * float32 scale each: the group's largest magnitude / 127), in integers: 32 products a group
  * summed exactly, then scaled (as llama.cpp multiplies q8_0 and q4_0 weights). With
  * AVX512-VNNI one instruction multiplies and adds them (the build for such CPUs defines
- * __AVX512VNNI__), else two (AVX2).
+ * __AVX512VNNI__), else two (AVX2); that build's attention also works on 16 floats at a time.
  */
 #include <immintrin.h>
-#include <omp.h>
+#include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -594,7 +595,7 @@ static inline __attribute__((always_inline)) void attend_head_parts(
         query[part] = LANES_MUL(LANES_LOAD(q + LANES * part), LANES_SET(scale));
         out[part] = odd_out[part] = LANES_SET(0.0f);
     }
-    __m256 most = _mm256_set1_ps(-INFINITY);
+    __m256 most = _mm256_set1_ps(-FLT_MAX);
     int64_t position = 0;
     for (; position + 8 <= length; position += 8) {
         const char *keys = (const char *)k + position * row_bytes;
