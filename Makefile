@@ -100,8 +100,11 @@ $(LLAMA_CPP)/build/bin/llama-bench:
 
 llama-cpp: $(LLAMA_CPP)/build/bin/llama-bench
 
-# polycoder-ls float32/int8 beside llama.cpp f32/q8_0/q4_0 on the same 160M-shaped weights.
+# polycoder-ls float32/int8/int4 beside llama.cpp f32/q8_0/q4_0 and CTranslate2 float32/int8
+# on the same 160M-shaped weights.
+CTRANSLATE2 ?= 4.8.5
 anchors: venv llama-cpp
+	$(BIN)/python -m pip install -q ctranslate2==$(CTRANSLATE2)
 	$(BIN)/python bench/anchors.py --llama-cpp $(LLAMA_CPP) --out bench/results/anchors-160m.json
 
 # polycoder-nano from scratch: the corpus (Debian, PyPI and npm packages, downloaded and

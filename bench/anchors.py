@@ -1,17 +1,20 @@
-"""polycoder-ls beside llama.cpp on the same weights, in one run: prefill of a long prompt and
-decode ms/token for each weight format, each against its memory-bandwidth floor.
+"""polycoder-ls beside llama.cpp and CTranslate2 on the same weights, in one run: prefill of a
+long prompt and decode ms/token for each weight format, each against its memory-bandwidth floor.
 
-    python bench/anchors.py --llama-cpp DIR [--shape 160m] [--rounds 5] [--context 1900]
-        [--tokens 64] --out bench/results/anchors-160m.json
+    python bench/anchors.py --llama-cpp DIR [--no-ctranslate2] [--shape 160m] [--rounds 5]
+        [--context 1900] [--tokens 64] --out bench/results/anchors-160m.json
 
 DIR is a llama.cpp source tree built with `make llama-cpp` (build/bin/llama-bench and
-llama-quantize). The model is a random-weight GPT-NeoX of PolyCoder's shape (typing_replay's),
-converted once to GGUF f32, q8_0 and q4_0 (as llama-quantize makes it: the output layer in
-q6_K). Each measurement is a process of its own, 2 threads; the engines take turns, their order
-rotated each round, and the bandwidth is read before each round (this shared machine's moves by
-tens of percent over minutes: compare within one run). Reported: min and median over rounds.
-Each floor is the bytes a step reads over the best bandwidth seen in the run: the best read, or
-what an engine's fastest decode step proved where that was faster (floor_bandwidth).
+llama-quantize); CTranslate2 is the `ctranslate2` package (`make anchors` installs it), its model
+converted once from the same checkpoint (float32, and int8 quantized as it loads: int8 weights with
+a float32 scale a row, float32 activations and cache). The model is a random-weight GPT-NeoX of
+PolyCoder's shape (typing_replay's), converted once to GGUF f32, q8_0 and q4_0 (as llama-quantize
+makes it: the output layer in q6_K). Each measurement is a process of its own, 2 threads; the
+engines take turns, their order rotated each round, and the bandwidth is read before each round
+(this shared machine's moves by tens of percent over minutes: compare within one run). Reported: min
+and median over rounds. Each floor is the bytes a step reads over the best bandwidth seen in the
+run: the best read, or what an engine's fastest decode step proved where that was faster
+(floor_bandwidth).
 
 Quality beside the speed: teacher-forced greedy agreement with float32 over the first 16 decode
 steps and the largest logit difference, for our int8 and int4 (random weights give flat logits,
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 OURS = ("float32", "int8", "int4")
 LLAMA_FORMATS = ("f32", "q8_0", "q4_0")
+CTRANSLATE2_TYPES = ("float32", "int8")
 THREADS = 2
 GREEDY_CHECK_STEPS = 16
 
@@ -81,6 +85,50 @@ def _llama_bench(command: list[str]) -> dict[str, Any]:
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout)[0]
     return result
+
+
+def measure_ctranslate2(
+    model: Path, converted: Path, compute_type: str, context: int, tokens: int
+) -> dict[str, Any]:
+    """CTranslate2's Generator: the time to the first token (the prefill), then the mean time
+    of the next `tokens` - 1 (no end token stops it)."""
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    generator = ctranslate2.Generator(
+        str(converted), device="cpu", compute_type=compute_type, intra_threads=THREADS
+    )
+    prompt = AutoTokenizer.from_pretrained(model).convert_ids_to_tokens(_prompt(context))
+    steps = generator.generate_tokens(
+        prompt, max_length=tokens, min_length=tokens, sampling_topk=1, end_token=[]
+    )
+    started = time.perf_counter()
+    times = [time.perf_counter() for _ in steps]
+    return {
+        "prefillMs": round((times[0] - started) * 1000, 1),
+        "decodeMsPerToken": round((times[-1] - times[0]) * 1000 / (len(times) - 1), 2),
+        "generatedTokens": len(times),
+    }
+
+
+def to_ctranslate2(model: Path, out: Path) -> Path:
+    """The model converted for CTranslate2 (once). Its converter predates transformers 5's
+    GPT-NeoX (`rotary_pct` became rope_parameters' partial_rotary_factor, `embed_out` the
+    output embeddings): both are given back to it."""
+    if (out / "model.bin").exists():
+        return out
+    import ctranslate2.converters
+
+    class Converter(ctranslate2.converters.TransformersConverter):  # type: ignore[misc]
+        def load_model(self, model_class: Any, name: str, **kwargs: Any) -> Any:
+            loaded = super().load_model(model_class, name, **kwargs)
+            rope = getattr(loaded.config, "rope_parameters", None) or {}
+            loaded.config.rotary_pct = rope.get("partial_rotary_factor", 1.0)
+            loaded.embed_out = loaded.get_output_embeddings()
+            return loaded
+
+    Converter(str(model)).convert(str(out), force=True)
+    return out
 
 
 CONVERT = """
@@ -168,14 +216,16 @@ def greedy_agreement(model: Path, context: int) -> dict[str, Any]:
 def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
     """Bytes one decode step reads at `context` tokens / bandwidth, per format: the weights less
     the input embedding, and the KV cache (float16 for quantized weights and llama.cpp, float32
-    for our float32). q4_0 stores 18 bytes a
+    for our float32 and CTranslate2). q4_0 stores 18 bytes a
     group of 32, q8_0 34, our int8 32 + a float16 scale and our int4 16 + one; q6_K (llama.cpp's
-    q4_0 output layer) 210 bytes a block of 256."""
+    q4_0 output layer) 210 bytes a block of 256; CTranslate2's int8 a byte a weight and a
+    float32 scale a row."""
     config = json.loads((model / "config.json").read_text())
     hidden, layers, rows = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     matrices = layers * 12 * hidden * hidden
     small = layers * (13 * hidden + 4 * hidden) + 2 * hidden  # biases and norms, float32
     head = rows * hidden
+    matrix_rows = layers * 9 * hidden + rows  # query-key-value 3, dense 1, MLP 4 + 1; the head
     kv_values = layers * 2 * context * hidden
 
     def ms(weight_bytes: float, kv_bytes: int) -> float:
@@ -188,6 +238,8 @@ def floors_ms(model: Path, context: int, gbps: float) -> dict[str, float]:
         "llama.cpp f32": ms(4 * (matrices + head), 2 * kv_values),
         "llama.cpp q8_0": ms(34 / 32 * (matrices + head), 2 * kv_values),
         "llama.cpp q4_0": ms(18 / 32 * matrices + 210 / 256 * head, 2 * kv_values),
+        "ctranslate2 float32": ms(4 * (matrices + head), 4 * kv_values),
+        "ctranslate2 int8": ms(matrices + head + 4 * matrix_rows, 4 * kv_values),
     }
 
 
@@ -210,16 +262,23 @@ def _run_in_process(args: argparse.Namespace, engine: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--measure", engine, "--model", str(args.model_dir)]
     command += ["--context", str(args.context), "--tokens", str(args.tokens)]
     command += ["--llama-cpp", str(args.llama_cpp), "--out", os.devnull]
+    if args.ctranslate2_model is not None:
+        command += ["--ctranslate2-model", str(args.ctranslate2_model)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def measure(args: argparse.Namespace, engine: str) -> dict[str, Any]:
-    """`engine`: "polycoder-ls DTYPE" or "llama.cpp FORMAT", measured in this process."""
+    """`engine`: "polycoder-ls DTYPE", "llama.cpp FORMAT" or "ctranslate2 TYPE", measured in
+    this process."""
     name, weight_format = engine.split()
     if name == "polycoder-ls":
         return measure_ours(args.model_dir, weight_format, args.context, args.tokens)
+    if name == "ctranslate2":
+        return measure_ctranslate2(
+            args.model_dir, args.ctranslate2_model, weight_format, args.context, args.tokens
+        )
     gguf = args.model_dir.parent / "gguf" / f"model-{weight_format}.gguf"
     return measure_llama(args.llama_cpp, gguf, args.context, args.tokens)
 
@@ -241,6 +300,7 @@ def _summary(runs: list[dict[str, Any]], floor: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--llama-cpp", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--no-ctranslate2", action="store_true", help="leave CTranslate2 out")
     parser.add_argument("--shape", default="160m")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--context", type=int, default=1900)
@@ -249,6 +309,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, dest="model_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--ctranslate2-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args, args.measure)))
@@ -260,6 +321,9 @@ def main() -> None:
     to_gguf(args.llama_cpp, args.model_dir, args.model_dir.parent / "gguf")
     engines = [f"polycoder-ls {dtype}" for dtype in OURS]
     engines += [f"llama.cpp {name}" for name in LLAMA_FORMATS]
+    if not args.no_ctranslate2:
+        args.ctranslate2_model = to_ctranslate2(args.model_dir, args.model_dir.parent / "ct2")
+        engines += [f"ctranslate2 {compute_type}" for compute_type in CTRANSLATE2_TYPES]
     runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
     bandwidths = []
     for round_number in range(args.rounds):
