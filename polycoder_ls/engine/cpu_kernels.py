@@ -218,8 +218,8 @@ class CpuKernels:
         library.pcls_gemm.restype = None
         library.pcls_gemm_workspace.argtypes = [_INT, _INT]
         library.pcls_gemm_workspace.restype = _INT
-        library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [ctypes.c_int, ctypes.c_float]
-        library.pcls_attend.argtypes += [ctypes.c_int]
+        half, scale, threads = ctypes.c_int, ctypes.c_float, ctypes.c_int
+        library.pcls_attend.argtypes = [_POINTER] * 5 + [_INT] * 4 + [half, scale, threads]
         library.pcls_attend.restype = None
         library.pcls_decoder_workspace.argtypes = [_POINTER, _INT]
         library.pcls_decoder_workspace.restype = _INT
